@@ -1,0 +1,104 @@
+"""The interface every backbone offers, and the data that travels with its weights.
+
+A backbone is an ``nn.Module`` with its classifier attached (timm's convention), so a
+fine-tuning run never slices ``children()[:-1]``:
+
+    feats  = model.forward_features(x)              # (B, C, h, w)
+    pooled = model.forward_head(feats, pre_logits=True)   # (B, num_features)
+    logits = model.forward_head(feats)               # (B, num_classes)
+
+``stages()`` lists the backbone from stem to last stage; it is the unit that the
+``partial`` strategy unfreezes, and together with ``get_classifier()`` it covers every
+parameter exactly once.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """Preprocessing and provenance of a backbone's pretrained weights.
+
+    Preprocessing lives next to the weights so the two cannot drift apart: every
+    transform the toolkit builds (training, evaluation, export) reads it from here.
+    """
+
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"  # "bilinear" | "bicubic" | "nearest"
+    crop_pct: float = 0.875  # resize to size / crop_pct, then centre-crop to size
+    num_classes: int = 1000
+    # Where the weights come from, in the order they are looked for (see _weights.py).
+    package: str | None = None  # importable package that ships the file (offline)
+    package_file: str | None = None  # glob inside the package folder
+    url: str | None = None  # torchvision / timm release URL (torch hub cache name = basename)
+    hf_hub_id: str | None = None  # timm's Hugging Face repository
+    source: str = "none"  # a word for people: "torchvision", "timm", "efficientnet-pytorch"
+    license: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def image_size(self) -> int:
+        return self.input_size[-1]
+
+    @property
+    def has_weights(self) -> bool:
+        return bool(self.package or self.url or self.hf_hub_id)
+
+
+@dataclass
+class Stage:
+    """A named group of modules, the unit of partial unfreezing (stem, layer1, ...)."""
+
+    name: str
+    modules: list[nn.Module]
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        for module in self.modules:
+            yield from module.parameters()
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class Backbone(nn.Module):
+    """Mixin base: subclasses define the layers and the five methods below."""
+
+    pretrained_cfg: PretrainedCfg = PretrainedCfg()
+    variant: str = ""
+    # How many of the last stages `partial` unfreezes when the user does not say.
+    default_unfreeze: int = 1
+    num_features: int = 0
+    num_classes: int = 0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
+        raise NotImplementedError(f"{type(self).__name__} must define forward_features")
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define forward_head")
+
+    def get_classifier(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} must define get_classifier")
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define reset_classifier")
+
+    def stages(self) -> list[Stage]:
+        raise NotImplementedError(f"{type(self).__name__} must define stages")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features, (B, num_features): what a linear probe trains on."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
