@@ -4,7 +4,17 @@
     model = create_backbone("resnet50", pretrained=True, num_classes=5)
 """
 
-from . import densenet, efficientnet, mobilenet, resnet, shufflenet  # noqa: F401  (registers the families)
+from . import (  # noqa: F401  (importing a family registers its models)
+    alexnet,
+    densenet,
+    efficientnet,
+    googlenet,
+    mobilenet,
+    resnet,
+    shufflenet,
+    vgg,
+    zfnet,
+)
 from ._base import Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone, count_params, load_weights
 from ._registry import (
