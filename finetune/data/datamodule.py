@@ -1,0 +1,166 @@
+"""The Lightning data module: ``DataSplits`` + a backbone's ``PretrainedCfg`` -> DataLoaders.
+
+Discovery (and verification of every file) happens before this module exists, in
+``sources.discover``; ``setup`` only builds datasets, as Lightning expects.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
+
+from .images import load_image
+from .sources import SPLITS, DataSplits
+from .transforms import build_transform, jpeg_draft_size
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+    from ..models._base import PretrainedCfg
+
+
+class ImageDataset(Dataset):
+    """``(path, label)`` pairs -> ``(transform(image), label)``, image read by ``load_image``.
+
+    Files were verified at discovery; one that went bad since raises ``ImageDecodeError``
+    naming it, rather than being replaced silently by another sample. ``draft_size`` lets
+    big JPEGs decode at a reduced scale (see ``transforms.jpeg_draft_size``).
+    """
+
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        transform: A.Compose | None,
+        *,
+        draft_size: int | None = None,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        image = load_image(path, draft_size=self.draft_size)  # (H, W, 3) uint8 RGB
+        if self.transform is None:
+            return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label  # (3, H, W) uint8
+        return self.transform(image=image)["image"], label  # (3, S, S) float32
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+def _seed_worker_augmentations(worker_id: int) -> None:
+    """Give each DataLoader worker its own augmentation stream.
+
+    albumentations' ``Compose`` keeps its own generator, which every forked worker would
+    otherwise copy, so all workers would draw the same crops and flips. The seed torch
+    gives a worker derives from the loader's seeded generator, so runs stay repeatable.
+    """
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class FinetuneDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        splits: DataSplits,
+        pretrained_cfg: PretrainedCfg,
+        *,
+        image_size: int | None = None,
+        augment: str = "light",
+        batch_size: int = 32,
+        num_workers: int = 0,
+        balanced_sampling: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1.")
+        if num_workers < 0:
+            raise ValueError(f"num_workers={num_workers} must be 0 (load in the main process) or more.")
+        self.splits = splits
+        self.classes = list(splits.classes)
+        self.pretrained_cfg = pretrained_cfg
+        self.image_size = image_size
+        self.augment = augment
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.balanced_sampling = balanced_sampling
+        self.seed = seed
+        # Built now, not in setup, so a bad level or size fails before any training starts.
+        self.train_transform = build_transform(
+            pretrained_cfg, image_size=image_size, train=True, level=augment, seed=seed
+        )
+        self.eval_transform = build_transform(pretrained_cfg, image_size=image_size, train=False)
+        self.draft_size = jpeg_draft_size(pretrained_cfg, image_size)
+        self.datasets: dict[str, ImageDataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.datasets = {
+            "train": self._make(self.splits.train, self.train_transform),
+            "val": self._make(self.splits.val, self.eval_transform),
+            "test": self._make(self.splits.test, self.eval_transform),
+        }
+
+    def _make(self, samples: list[tuple[str, int]], transform: A.Compose) -> ImageDataset:
+        return ImageDataset(samples, transform, draft_size=self.draft_size)
+
+    def _dataset(self, split: str, *, augmented: bool) -> ImageDataset:
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split '{split}'. Valid splits: {', '.join(SPLITS)}.")
+        self.setup()
+        if split == "train" and not augmented:
+            return self._make(self.splits.train, self.eval_transform)
+        return self.datasets[split]
+
+    def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            worker_init_fn=_seed_worker_augmentations if self.num_workers > 0 else None,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self._dataset("train", augmented=True)
+        generator = torch.Generator().manual_seed(self.seed)
+        # Dropping a ragged last batch keeps BatchNorm away from batches of one, but only
+        # when there is more than one batch: a tiny set must still train on something.
+        drop_last = len(dataset) > self.batch_size
+        if self.balanced_sampling:
+            counts = self.splits.counts("train")
+            weights = torch.tensor([1.0 / counts[label] for label in dataset.labels], dtype=torch.double)
+            sampler = WeightedRandomSampler(
+                weights, num_samples=len(dataset), replacement=True, generator=generator
+            )
+            return self._loader(dataset, sampler=sampler, drop_last=drop_last, generator=generator)
+        return self._loader(dataset, shuffle=True, drop_last=drop_last, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("val", augmented=False), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self._dataset("test", augmented=False), shuffle=False)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Eval transform, file order, no shuffle: for feature extraction (the train split
+        WITHOUT augmentation), evaluation and reports."""
+        return self._loader(self._dataset(split, augmented=False), shuffle=False)

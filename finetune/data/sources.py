@@ -1,0 +1,501 @@
+"""Where the images come from: ``--data`` resolved into labelled train / val / test lists.
+
+Three layouts are accepted (DESIGN.md, "Data"):
+
+* a folder of class subfolders: ``data/<class>/**/<image>``. Split into train / val / test
+  here, stratified per class and seeded, and saved to ``splits.json`` by the run;
+* a folder with ``train/`` and optionally ``val/`` (or ``valid/``, ``validation/``) and
+  ``test/``, each holding class subfolders. A missing ``val/`` or ``test/`` is split off
+  ``train/``, stratified;
+* a CSV manifest with a header ``path,label`` or ``path,label,split``. Paths are relative
+  to the CSV's folder or absolute.
+
+With ``verify=True`` every image is decoded once, in a thread pool, before anything is
+split: files that cannot be decoded go to ``skipped`` (with the reason) and never reach a
+DataLoader, which is how a run never crashes mid-epoch on a bad file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write_json
+from .images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
+
+logger = logging.getLogger("finetune")
+
+SPLITS = ("train", "val", "test")
+# Folder / CSV names accepted for each split; the first is the canonical one.
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("val", "valid", "validation"),
+    "test": ("test", "testing"),
+}
+CSV_COLUMNS = ("path", "label", "split")
+NOT_AN_IMAGE = "not an image"
+
+Sample = tuple[str, int]
+
+
+class DataError(ValueError):
+    """A problem with the user's data; the message names the path and how to fix it."""
+
+
+@dataclass
+class DataSplits:
+    """Labelled samples per split. ``label`` is an index into ``classes`` (sorted names)."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[str] = field(default_factory=list)  # "path: reason"
+    source: str = ""  # "class-folders" | "split-folders" | "csv"
+    seed: int = 0  # the seed the split was drawn with (recorded in splits.json)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def samples(self, split: str) -> list[Sample]:
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split '{split}'. Valid splits: {', '.join(SPLITS)}.")
+        return getattr(self, split)
+
+    def counts(self, split: str) -> list[int]:
+        """Images per class in ``split``, indexed like ``classes``."""
+        per_label = Counter(label for _, label in self.samples(split))
+        return [per_label.get(i, 0) for i in range(len(self.classes))]
+
+    def to_json(self) -> dict:
+        """The content of ``splits.json``; labels are written as names, readable by people."""
+        return {
+            "classes": list(self.classes),
+            "source": self.source,
+            "seed": self.seed,
+            **{
+                split: [[path, self.classes[label]] for path, label in self.samples(split)]
+                for split in SPLITS
+            },
+            "skipped": list(self.skipped),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict) -> DataSplits:
+        missing = [key for key in ("classes", *SPLITS) if key not in obj]
+        if missing:
+            raise DataError(
+                f"splits.json lacks {', '.join(missing)}; expected keys: "
+                f"classes, source, seed, train, val, test, skipped. Re-create it with a new run."
+            )
+        classes = [str(c) for c in obj["classes"]]
+        index = {name: i for i, name in enumerate(classes)}
+        lists: dict[str, list[Sample]] = {}
+        for split in SPLITS:
+            rows = []
+            for path, label in obj[split]:
+                if label not in index:
+                    raise DataError(
+                        f"splits.json: '{path}' in {split} has label '{label}', which is not "
+                        f"one of the classes {classes}."
+                    )
+                rows.append((str(path), index[label]))
+            lists[split] = rows
+        return cls(
+            classes=classes,
+            skipped=[str(s) for s in obj.get("skipped", [])],
+            source=str(obj.get("source", "")),
+            seed=int(obj.get("seed", 0)),
+            **lists,
+        )
+
+
+def save_splits(splits: DataSplits, path: Path) -> None:
+    """Write ``splits.json`` atomically (temporary file + ``os.replace``)."""
+    atomic_write_json(path, splits.to_json())
+
+
+def load_splits(path: Path) -> DataSplits:
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"No splits file at '{path}'. Run `finetune run` to create one.") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"'{path}' is not valid JSON ({err}). Delete it and rerun.") from None
+    return DataSplits.from_json(obj)
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def discover(
+    data: str | Path,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    verify: bool = True,
+) -> DataSplits:
+    """Resolve ``data`` (folder or CSV) into a stratified, seeded ``DataSplits``.
+
+    ``val_fraction`` and ``test_fraction`` are fractions of each class's images (of the
+    whole class folder, or of ``train/`` when a split folder or CSV lacks that split).
+    """
+    _check_fractions(val_fraction, test_fraction)
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(
+            f"Data path '{root}' does not exist. Pass a folder of class subfolders, a folder "
+            f"with train/ val/ test/ subfolders, or a CSV manifest (path,label[,split])."
+        )
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(
+                f"'{root}' is a file, not a folder or a .csv manifest. Point --data at the "
+                f"folder that holds one subfolder per class, or at a CSV with columns path,label[,split]."
+            )
+        return _from_csv(root, val_fraction, test_fraction, seed, verify)
+    split_dirs = _split_dirs(root)
+    if "train" in split_dirs:
+        return _from_split_folders(root, split_dirs, val_fraction, test_fraction, seed, verify)
+    return _from_class_folders(root, val_fraction, test_fraction, seed, verify)
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}={value} must be in [0, 1).")
+    if val_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training "
+            f"images; keep the sum below 1 (e.g. 0.15 + 0.15)."
+        )
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for split, names in SPLIT_ALIASES.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found
+
+
+def _visible_subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_class_folders(root: Path, skipped: list[str]) -> dict[str, list[str]]:
+    """``{class name: sorted absolute image paths}``; non-image files go to ``skipped``."""
+    classes: dict[str, list[str]] = {}
+    for class_dir in _visible_subdirs(root):
+        images: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                path = os.path.abspath(os.path.join(dirpath, filename))
+                if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
+                    images.append(path)
+                else:
+                    skipped.append(f"{path}: {NOT_AN_IMAGE}")
+        classes[class_dir.name] = images
+    stray = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    stray_images = [n for n in stray if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
+    if stray_images:
+        logger.warning(
+            "%d image(s) directly in '%s' (e.g. %s) are not in a class folder and are ignored.",
+            len(stray_images), root, stray_images[0],
+        )
+    return classes
+
+
+def _verify(paths: Iterable[str], skipped: list[str]) -> set[str]:
+    """Decode every path once (threads: Pillow releases the GIL); return the bad ones."""
+    paths = list(paths)
+    if not paths:
+        return set()
+    start = time.perf_counter()
+
+    def check(path: str) -> str | None:
+        try:
+            # draft_size: JPEGs decode at reduced scale; the whole stream is still read,
+            # so truncation and corruption are still found.
+            load_image(path, draft_size=64)
+        except ImageDecodeError as err:
+            return str(err)
+        return None
+
+    workers = min(32, (os.cpu_count() or 1) * 2, len(paths))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(check, paths))
+    bad = set()
+    for path, error in zip(paths, results, strict=True):
+        if error is not None:
+            bad.add(path)
+            skipped.append(error)
+    logger.info(
+        "Verified %d images in %.1f s: %d could not be decoded.",
+        len(paths), time.perf_counter() - start, len(bad),
+    )
+    for error in [e for e in results if e is not None][:5]:
+        logger.warning("Skipping undecodable image %s", error)
+    return bad
+
+
+def _drop_bad(per_class: dict[str, list[str]], bad: set[str]) -> dict[str, list[str]]:
+    return {name: [p for p in paths if p not in bad] for name, paths in per_class.items()}
+
+
+def _usable_classes(per_class: dict[str, list[str]], where: Path) -> list[str]:
+    empty = sorted(name for name, paths in per_class.items() if not paths)
+    if empty:
+        logger.warning(
+            "Ignoring %d class folder(s) in '%s' with no usable images: %s",
+            len(empty), where, ", ".join(empty),
+        )
+    classes = sorted(name for name, paths in per_class.items() if paths)
+    if len(classes) < 2:
+        raise DataError(
+            f"'{where}' has {len(classes)} class(es) with usable images"
+            f"{' (' + ', '.join(classes) + ')' if classes else ''}; classification needs at "
+            f"least two. Put the images of each class in its own subfolder, e.g. "
+            f"{where}/cat/1.jpg and {where}/dog/1.jpg."
+        )
+    return classes
+
+
+def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """How many of a class's ``n`` images go to val and test (the rest train).
+
+    Rounded per class, so each split holds each class in proportion. Small classes keep
+    at least one training image; with 3+ images each requested split gets at least one,
+    with 2 the second image goes to the larger of val / test.
+    """
+
+    def rounded(x: float) -> int:
+        return int(math.floor(x + 0.5))
+
+    n_val, n_test = rounded(n * val_fraction), rounded(n * test_fraction)
+    if n >= 3:
+        n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        n_test = max(n_test, 1 if test_fraction > 0 else 0)
+    elif n == 2 and (val_fraction > 0 or test_fraction > 0):
+        n_val, n_test = (1, 0) if val_fraction >= test_fraction else (0, 1)
+    else:
+        n_val = n_test = 0
+    while n_val + n_test > n - 1:  # at least one training image per class
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def _stratified_split(
+    per_class: dict[str, list[str]],
+    classes: list[str],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Shuffle each class with its own seeded generator and cut it by ``_split_counts``.
+
+    Per class rather than sklearn's ``train_test_split(stratify=...)``: that raises on a
+    class with one image and can leave a small class out of val or test entirely. The
+    generator is seeded by (seed, class name), so adding images to one class does not
+    reshuffle the others.
+    """
+    train: list[Sample] = []
+    val: list[Sample] = []
+    test: list[Sample] = []
+    for label, name in enumerate(classes):
+        paths = sorted(per_class.get(name, []))
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+        order = [paths[i] for i in rng.permutation(len(paths))]
+        n_val, n_test = _split_counts(len(order), val_fraction, test_fraction)
+        val += [(p, label) for p in order[:n_val]]
+        test += [(p, label) for p in order[n_val : n_val + n_test]]
+        train += [(p, label) for p in order[n_val + n_test :]]
+    return sorted(train), sorted(val), sorted(test)
+
+
+def _from_class_folders(
+    root: Path, val_fraction: float, test_fraction: float, seed: int, verify: bool
+) -> DataSplits:
+    skipped: list[str] = []
+    per_class = _scan_class_folders(root, skipped)
+    if not per_class:
+        raise DataError(
+            f"'{root}' has no subfolders. Put the images of each class in its own subfolder "
+            f"({root}/<class>/<image>), or use train/ val/ test/ subfolders, or a CSV manifest."
+        )
+    if verify:
+        bad = _verify((p for paths in per_class.values() for p in paths), skipped)
+        per_class = _drop_bad(per_class, bad)
+    classes = _usable_classes(per_class, root)
+    train, val, test = _stratified_split(per_class, classes, val_fraction, test_fraction, seed)
+    return DataSplits(classes, train, val, test, skipped, "class-folders", seed)
+
+
+def _assemble(
+    per_split: dict[str, dict[str, list[str]]],
+    where: Path,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> tuple[list[str], dict[str, list[Sample]]]:
+    """Shared by split folders and CSV: classes from train, missing splits cut from train."""
+    classes = _usable_classes(per_split["train"], where)
+    index = {name: i for i, name in enumerate(classes)}
+    for split in ("val", "test"):
+        strangers = sorted(n for n, paths in per_split.get(split, {}).items() if paths and n not in index)
+        if strangers:
+            raise DataError(
+                f"{where}: class(es) {', '.join(strangers)} appear in {split} but have no usable "
+                f"training images. Add their images to train, or remove them from {split}."
+            )
+    has_val = any(per_split.get("val", {}).values())
+    has_test = any(per_split.get("test", {}).values())
+    split_val = 0.0 if has_val else val_fraction
+    split_test = 0.0 if has_test else test_fraction
+    train, val, test = _stratified_split(per_split["train"], classes, split_val, split_test, seed)
+    lists = {"train": train, "val": val, "test": test}
+    for split, present in (("val", has_val), ("test", has_test)):
+        if present:
+            lists[split] = sorted(
+                (p, index[name]) for name, paths in per_split[split].items() for p in paths
+            )
+        else:
+            logger.info("No %s split in '%s': %d images split off train.", split, where, len(lists[split]))
+    return classes, lists
+
+
+def _from_split_folders(
+    root: Path,
+    split_dirs: dict[str, Path],
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    verify: bool,
+) -> DataSplits:
+    skipped: list[str] = []
+    known = {name for names in SPLIT_ALIASES.values() for name in names}
+    others = [p.name for p in _visible_subdirs(root) if p.name not in known]
+    if others:
+        logger.warning(
+            "'%s' has train/ so it is read as split folders; ignoring other subfolders: %s",
+            root, ", ".join(others),
+        )
+    per_split = {split: _scan_class_folders(folder, skipped) for split, folder in split_dirs.items()}
+    if verify:
+        everything = (p for per_class in per_split.values() for ps in per_class.values() for p in ps)
+        bad = _verify(everything, skipped)
+        per_split = {s: _drop_bad(pc, bad) for s, pc in per_split.items()}
+    classes, lists = _assemble(per_split, split_dirs["train"], val_fraction, test_fraction, seed)
+    return DataSplits(classes, skipped=skipped, source="split-folders", seed=seed, **lists)
+
+
+def _canonical_split(value: str) -> str | None:
+    value = value.strip().lower()
+    for split, names in SPLIT_ALIASES.items():
+        if value in names:
+            return split
+    return None
+
+
+def _from_csv(
+    csv_path: Path, val_fraction: float, test_fraction: float, seed: int, verify: bool
+) -> DataSplits:
+    base = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    columns = [c.strip().lower() for c in header or []]
+    expected = "path,label or path,label,split"
+    if not columns:
+        raise DataError(f"CSV manifest '{csv_path}' is empty. Its first line must be the header {expected}.")
+    unknown = [c for c in columns if c not in CSV_COLUMNS]
+    if unknown or "path" not in columns or "label" not in columns or len(set(columns)) != len(columns):
+        raise DataError(
+            f"CSV manifest '{csv_path}' has columns {columns}"
+            f"{' (unknown: ' + ', '.join(unknown) + ')' if unknown else ''}; expected the header "
+            f"{expected}. Rename the columns (the first line must be the header)."
+        )
+    col = {name: columns.index(name) for name in columns}
+    has_split = "split" in col
+
+    skipped: list[str] = []
+    per_split: dict[str, dict[str, list[str]]] = {}
+    missing: list[str] = []
+    seen: dict[str, tuple[str, str]] = {}
+    for line_no, row in enumerate(rows, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(columns):
+            raise DataError(
+                f"{csv_path}, line {line_no}: {len(row)} fields, but the header has {len(columns)} "
+                f"({','.join(columns)}). Quote fields that contain commas."
+            )
+        rel, label = row[col["path"]].strip(), row[col["label"]].strip()
+        if not rel or not label:
+            raise DataError(f"{csv_path}, line {line_no}: empty path or label. Fill in both.")
+        split = "train"
+        if has_split:
+            split = _canonical_split(row[col["split"]]) or ""
+            if not split:
+                raise DataError(
+                    f"{csv_path}, line {line_no}: unknown split '{row[col['split']]}'. "
+                    f"Use one of: train, val, test."
+                )
+        path = os.path.abspath(os.path.join(base, os.path.expanduser(rel)))
+        if path in seen:
+            if seen[path] != (split, label):
+                raise DataError(
+                    f"{csv_path}, line {line_no}: '{rel}' is listed twice with different "
+                    f"label/split ({seen[path]} and {(split, label)}). Keep one row per image."
+                )
+            continue
+        seen[path] = (split, label)
+        if not os.path.isfile(path):
+            missing.append(rel)
+            continue
+        if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
+            skipped.append(f"{path}: {NOT_AN_IMAGE}")
+            continue
+        per_split.setdefault(split, {}).setdefault(label, []).append(path)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(
+            f"CSV manifest '{csv_path}' lists {len(missing)} file(s) that do not exist: {shown}. "
+            f"Paths are read relative to '{base}' unless absolute."
+        )
+    if not per_split.get("train"):
+        raise DataError(
+            f"CSV manifest '{csv_path}' has no training images"
+            f"{' (no row with split=train)' if has_split and per_split else ''}. "
+            f"Add rows path,label{',train' if has_split else ''}."
+        )
+    if verify:
+        everything = (p for pc in per_split.values() for ps in pc.values() for p in ps)
+        bad = _verify(everything, skipped)
+        per_split = {s: _drop_bad(pc, bad) for s, pc in per_split.items()}
+    classes, lists = _assemble(per_split, csv_path, val_fraction, test_fraction, seed)
+    return DataSplits(classes, skipped=skipped, source="csv", seed=seed, **lists)
