@@ -1,0 +1,213 @@
+"""The ``finetune`` command line.
+
+    finetune run --data ./my_images --backbone resnet50 --strategy linear
+    finetune evaluate runs/my_images-resnet50-linear
+    finetune models
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from .config import AUGMENT_CHOICES, STRATEGIES, ConfigError
+
+log = logging.getLogger("finetune")
+
+
+class UserError(click.ClickException):
+    """One line on stderr, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+def _user_errors(fn):
+    """Turn the errors a user can fix into one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .data import DataError
+        from .models import UnsafeCheckpointError, WeightsNotFoundError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, WeightsNotFoundError, UnsafeCheckpointError,
+                FileNotFoundError, ValueError, FloatingPointError) as err:
+            raise UserError(str(err)) from None
+        except MemoryError:
+            raise UserError("Out of memory. Lower --batch-size or --image-size.") from None
+        except RuntimeError as err:
+            if "out of memory" in str(err).lower():
+                raise UserError(
+                    "Out of memory. Lower --batch-size (or --image-size) and run again."
+                ) from None
+            raise
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(format="%(message)s", level=logging.INFO if verbose else logging.WARNING)
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _check_backbone(ctx, param, value):
+    if value is None:
+        return None
+    from .models import resolve_name
+
+    try:
+        return resolve_name(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="finetune")
+def main() -> None:
+    """Fine-tune pretrained CNNs on your own image folders."""
+
+
+@main.command()
+@click.option("--data", help="Image folder (class subfolders or train/val/test), CSV manifest, "
+              "or builtin:NAME (photos, digits, glyphs; built offline).  [default: builtin:photos]")
+@click.option("--backbone", callback=_check_backbone,
+              help="Backbone name (see `finetune models`) or timm:<name>.  [default: efficientnet_lite0]")
+@click.option("--strategy", type=click.Choice(STRATEGIES),
+              help="linear: head on frozen features; partial: last stages; full: everything; "
+              "lp-ft: linear probe, then full.  [default: linear]")
+@click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML recipe (see recipes/); flags override it.")
+@click.option("--weights", help="'pretrained' (offline first), 'none' (random init), or a "
+              ".pth/.safetensors/.ckpt file.  [default: pretrained]")
+@click.option("--output", type=click.Path(path_type=Path),
+              help="Run folder.  [default: runs/<data>-<backbone>-<strategy>]")
+@click.option("--epochs", type=click.IntRange(min=1), help="Training epochs (default per strategy).")
+@click.option("--lp-epochs", type=click.IntRange(min=0), help="lp-ft: epochs of the linear phase.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Batch size.  [default: 32]")
+@click.option("--image-size", type=click.IntRange(min=1), help="Input size (default: the backbone's).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Head learning rate; backbone stages get less (default per strategy).")
+@click.option("--unfreeze", type=click.IntRange(min=0),
+              help="partial: how many last stages train (default per backbone).")
+@click.option("--augment", type=click.Choice(AUGMENT_CHOICES), help="Augmentation strength.  [default: auto]")
+@click.option("--class-weights", type=click.Choice(["auto", "on", "off"]),
+              help="Class-weighted loss (auto: when imbalance > 3:1).")
+@click.option("--feature-cache/--no-feature-cache", default=None,
+              help="linear: train the head on cached features (default on).")
+@click.option("--seed", type=int, help="Seed for the split, init and order.  [default: 0]")
+@click.option("--num-workers", type=click.IntRange(min=0), help="Data loader workers.")
+@click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.  [default: auto]")
+@click.option("--devices", help="Lightning devices: auto or a count.  [default: auto]")
+@click.option("--precision", help="Lightning precision (default: bf16-mixed on GPU, 32-true on CPU).")
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or decisions, just the result.")
+@_user_errors
+def run(recipe, resume, overwrite, quiet, **flags) -> None:
+    """Fine-tune a pretrained backbone and evaluate it; writes a run folder."""
+    from .config import resolve_config
+    from .train import run as run_training
+
+    _setup_logging(verbose=not quiet)
+    if flags.get("output") is not None:
+        flags["output"] = str(flags["output"])
+    cfg = resolve_config(recipe, **flags)
+    result = run_training(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    m = result.metrics
+    test = m["test"] or {}
+    line = (f"{m['backbone']} / {m['strategy']}: test accuracy {test.get('accuracy', float('nan')):.4f}, "
+            f"macro-F1 {test.get('macro_f1', float('nan')):.4f}")
+    if test.get("top5_accuracy") is not None:
+        line += f", top-5 {test['top5_accuracy']:.4f}"
+    line += f" ({m['train_time_s']:.1f} s, {m['trainable_params']:,} of {m['total_params']:,} params trained)"
+    click.echo(line)
+    if m["skipped_files"]:
+        click.echo(f"Skipped {len(m['skipped_files'])} unreadable files (listed in metrics.json).")
+    click.echo(f"Run folder: {result.run_dir}  (report: {result.run_dir / 'report' / 'summary.md'})")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", help="Evaluate on every image of this folder instead of the test split.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_user_errors
+def evaluate(run_dir: Path, data: str | None, as_json: bool) -> None:
+    """Re-evaluate a run's best model on its test split (or on --data)."""
+    from .io import atomic_write_json
+    from .train import evaluate_run
+
+    _setup_logging(verbose=False)
+    metrics = evaluate_run(run_dir, data, progress=not as_json)
+    atomic_write_json(run_dir / "evaluation.json", metrics)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(f"{metrics['data']}: {metrics['num_samples']} images, accuracy {metrics['accuracy']:.4f}, "
+               f"macro-F1 {metrics['macro_f1']:.4f}")
+    for label, row in metrics["per_class"].items():
+        click.echo(f"  {label:<24} precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
+                   f"f1 {row['f1']:.3f}  n={row['support']}")
+    click.echo(f"Written to {run_dir / 'evaluation.json'}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def models(as_json: bool) -> None:
+    """List the registered backbones and where their pretrained weights come from."""
+    from .models import create_backbone, list_models, model_family
+    from .models._weights import _hf_cache_file, _package_file, _torch_hub_file
+
+    rows = []
+    for name in list_models():
+        model = create_backbone(name)
+        cfg = model.pretrained_cfg
+        offline = any(p is not None and p.is_file()
+                      for p in (_package_file(cfg), _torch_hub_file(cfg), _hf_cache_file(cfg)))
+        rows.append({"name": name, "family": model_family(name),
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "input_size": cfg.image_size, "weights": cfg.source,
+                     "weights_offline": offline})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'name':<22} {'family':<14} {'params':>12} {'size':>5}  weights")
+    for r in rows:
+        where = f"{r['weights']} ({'offline' if r['weights_offline'] else 'download'})"
+        click.echo(f"{r['name']:<22} {r['family']:<14} {r['params']:>12,} {r['input_size']:>5}  {where}")
+    click.echo("Any timm model also works as timm:<name>.")
+
+
+@main.group()
+def data() -> None:
+    """Built-in datasets, made offline from images that installed packages ship."""
+
+
+@data.command("build")
+@click.argument("name")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("datasets"),
+              show_default=True, help="Where to write <root>/<name>/.")
+@click.option("--per-class", type=click.IntRange(min=1), help="Images per class.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_user_errors
+def data_build(name: str, root: Path, per_class: int | None, seed: int) -> None:
+    """Build the built-in dataset NAME (photos, digits, glyphs) as class folders."""
+    from .data.builtin import BUILTIN_DATASETS, build_dataset
+
+    if name not in BUILTIN_DATASETS:
+        raise UserError(f"Unknown built-in dataset '{name}'. Choose one of: {', '.join(BUILTIN_DATASETS)}.")
+    path = build_dataset(name, root=root, per_class=per_class, seed=seed)
+    click.echo(f"{name}: {path}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

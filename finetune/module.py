@@ -1,0 +1,171 @@
+"""The LightningModule: a backbone with its head, trained one phase at a time.
+
+The same module trains on images (``partial``, ``full``) or on cached pooled features
+(``linear``): in the second case only the classifier runs, but the checkpoint still
+holds the whole model, so evaluation and export never care which path trained it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import RunConfig
+from .models import Backbone
+from .strategies import Phase
+
+log = logging.getLogger("finetune")
+
+
+class FinetuneModule(pl.LightningModule):
+    def __init__(
+        self,
+        model: Backbone,
+        phase: Phase,
+        cfg: RunConfig,
+        *,
+        classes: list[str],
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.phase = phase
+        self.cfg = cfg
+        self.classes = list(classes)
+        self.register_buffer("class_weights", class_weights, persistent=False)
+        self.on_features = phase.feature_cache
+        phase.freeze(model)
+        self.history: list[dict] = []
+        self.images_seen = 0  # training examples processed, for images_per_s
+        self._train_sums = {"loss": 0.0, "correct": 0, "n": 0}
+        self._val_sums = {"loss": 0.0, "correct": 0, "n": 0}
+
+    # ------------------------------------------------------------------ modes
+    def train(self, mode: bool = True) -> FinetuneModule:
+        """Lightning calls ``train()`` at every epoch: keep frozen stages in eval mode."""
+        super().train(mode)
+        if mode:
+            self.phase.apply_bn_policy(self.model)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on_features:
+            return self.model.get_classifier()(x)  # (B, num_features) -> (B, C)
+        return self.model(x)  # (B, 3, H, W) -> (B, C)
+
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), y, weight=self.class_weights, label_smoothing=self.cfg.label_smoothing
+        )
+
+    # ------------------------------------------------------------------ steps
+    def on_train_epoch_start(self) -> None:
+        self.phase.check_bn_policy(self.model)
+        self._train_sums = {"loss": 0.0, "correct": 0, "n": 0}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = self._loss(logits, y)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step} "
+                f"of phase '{self.phase.name}'. The learning rate ({self.phase.lr:g}) is likely "
+                f"too high for this data: lower --lr, or check the images for corrupt values."
+            )
+        n = y.numel()
+        self.images_seen += n
+        self._train_sums["loss"] += loss.detach().item() * n
+        self._train_sums["correct"] += (logits.argmax(1) == y).sum().item()
+        self._train_sums["n"] += n
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=n)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        self._val_sums["loss"] += loss.item()
+        self._val_sums["correct"] += (logits.argmax(1) == y).sum().item()
+        self._val_sums["n"] += y.numel()
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {"loss": 0.0, "correct": 0, "n": 0}
+
+    def on_validation_epoch_end(self) -> None:
+        s = self._val_sums
+        if s["n"] == 0:
+            return
+        val_loss, val_acc = s["loss"] / s["n"], s["correct"] / s["n"]
+        # Summed over the whole split, then reduced across DDP ranks by Lightning.
+        self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
+        self.log("val_accuracy", val_acc, prog_bar=True, sync_dist=True)
+        if self.trainer.sanity_checking:
+            return
+        t = self._train_sums
+        row = {"epoch": len(self.history), "phase": self.phase.name,
+               "val_loss": val_loss, "val_accuracy": val_acc,
+               "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
+        if t["n"]:
+            row.update(train_loss=t["loss"] / t["n"], train_accuracy=t["correct"] / t["n"])
+        self.history.append(row)
+
+    # ------------------------------------------------------------------ optimizer
+    def configure_optimizers(self):
+        groups = self.phase.param_groups(self.model, self.cfg)
+        n_train = sum(p.numel() for g in groups for p in g["params"])
+        n_decay = sum(p.numel() for g in groups if g["weight_decay"] > 0 for p in g["params"])
+        log.info("Optimizer AdamW: %s trainable parameters in %d groups (%s with weight decay); "
+                 "lr %s", f"{n_train:,}", len(groups), f"{n_decay:,}",
+                 ", ".join(f"{g['name']}={g['lr']:.2g}" for g in groups if "no_decay" not in g["name"]))
+        optimizer = torch.optim.AdamW(groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        per_epoch = max(1, total // max(1, self.phase.epochs))
+        warmup = min(total - 1, int(round(self.phase.warmup_epochs * per_epoch)))
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # What a resume must rebuild identically: checked in on_load_checkpoint.
+        checkpoint["finetune"] = {
+            "phase": self.phase.name,
+            "trainable_stages": [s.name for s in self.phase.trainable_stages(self.model)],
+            "classes": self.classes,
+            "backbone": self.model.variant,
+            "history": self.history,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("finetune")
+        if saved is None:
+            raise ValueError("This checkpoint was not written by finetune; cannot resume from it.")
+        if saved["classes"] != self.classes:
+            raise ValueError(
+                f"The checkpoint was trained on classes {saved['classes']}, but the data now "
+                f"has {self.classes}. Resume with the same data, or start a new run."
+            )
+        mine = [s.name for s in self.phase.trainable_stages(self.model)]
+        if saved["phase"] != self.phase.name or saved["trainable_stages"] != mine:
+            raise ValueError(
+                f"The checkpoint is from phase '{saved['phase']}' training "
+                f"{saved['trainable_stages']}, but this run's phase '{self.phase.name}' trains "
+                f"{mine}. Resume with the same --strategy and --unfreeze."
+            )
+        self.history = list(saved.get("history", []))
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,369 @@
+"""One ``finetune run``: data, backbone, phases on Lightning, evaluation, the run folder.
+
+    DIR/config.yaml    resolved configuration, enough to rerun (``--recipe DIR/config.yaml``)
+    DIR/splits.json    which file went to train / val / test (reused on --resume)
+    DIR/checkpoints/   best.ckpt and last.ckpt of the final phase; earlier phases in
+                       checkpoints/<phase>/
+    DIR/metrics.json   DESIGN.md's shape
+    DIR/report/        confusion matrix, learning curves, per-class table, summary.md
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import RunConfig, save_config
+from .data import DataSplits, FinetuneDataModule, discover, load_splits, save_splits
+from .data.builtin import BUILTIN_DATASETS, build_dataset
+from .evaluation import classification_metrics
+from .features import extract_features, predict_probs
+from .io import atomic_write_json
+from .models import Backbone, create_backbone, load_state_dict_file, load_weights
+from .module import FinetuneModule, count_trainable
+from .report import write_report
+from .strategies import Phase, plan
+
+log = logging.getLogger("finetune")
+
+BUILTIN_PREFIX = "builtin:"
+# Above this max/min ratio of class counts, auto mode weights the loss by class.
+IMBALANCE_THRESHOLD = 3.0
+
+
+class RunError(ValueError):
+    """A problem with the run folder or its inputs that the user can fix."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+
+
+# ---------------------------------------------------------------------- inputs
+def resolve_data(data: str) -> Path:
+    """A path, or ``builtin:<name>`` built offline into ./datasets/<name>."""
+    if data.startswith(BUILTIN_PREFIX):
+        name = data[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_DATASETS:
+            raise RunError(
+                f"Unknown built-in dataset '{name}'. Choose one of: {', '.join(BUILTIN_DATASETS)}."
+            )
+        return build_dataset(name, root="datasets")
+    return Path(data).expanduser()
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    data_name = cfg.data[len(BUILTIN_PREFIX):] if cfg.data.startswith(BUILTIN_PREFIX) else (
+        Path(cfg.data).expanduser().resolve().stem or "data"
+    )
+    backbone = cfg.backbone.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{data_name}-{backbone}-{cfg.strategy}"
+
+
+def build_model(cfg: RunConfig, num_classes: int, *, pretrained: bool | None = None) -> Backbone:
+    """The backbone with a ``num_classes`` head; ``pretrained=False`` skips weight lookup."""
+    weights = cfg.weights
+    use_pretrained = weights == "pretrained" if pretrained is None else pretrained
+    explicit = None if weights in ("pretrained", "none") or pretrained is False else weights
+    return create_backbone(
+        cfg.backbone, pretrained=use_pretrained and explicit is None,
+        weights=explicit, num_classes=num_classes,
+    )
+
+
+def select_device(cfg: RunConfig) -> torch.device:
+    if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def class_weights_for(cfg: RunConfig, counts: list[int]) -> torch.Tensor | None:
+    """sklearn's "balanced" weights n / (C * count_c), when asked or when imbalance is high."""
+    present = [c for c in counts if c > 0]
+    ratio = max(present) / min(present)
+    if cfg.class_weights == "off" or (cfg.class_weights == "auto" and ratio <= IMBALANCE_THRESHOLD):
+        return None
+    counts_t = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+    weights = counts_t.sum() / (len(counts) * counts_t)
+    log.info("Class imbalance %.1f:1 -> class-weighted loss (weights %.2f..%.2f).",
+             ratio, weights.min().item(), weights.max().item())
+    return weights
+
+
+def _num_workers(cfg: RunConfig) -> int:
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    return min(4, (os.cpu_count() or 2) // 2)
+
+
+def _trainer(cfg: RunConfig, phase: Phase, ckpt_dir: Path, *, has_val: bool, progress: bool):
+    precision = cfg.precision or ("bf16-mixed" if select_device(cfg).type == "cuda" else "32-true")
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="best",
+        monitor="val_loss" if has_val else None,
+        mode="min",
+        save_last=True,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks: list[pl.Callback] = [checkpoint]
+    if progress:
+        callbacks.append(TQDMProgressBar(leave=False))
+    trainer = pl.Trainer(
+        max_epochs=phase.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
+        precision=precision,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(ckpt_dir),
+        log_every_n_steps=1,
+    )
+    return trainer, checkpoint
+
+
+def _feature_loaders(
+    model: Backbone, dm: FinetuneDataModule, cfg: RunConfig, device: torch.device, progress: bool
+) -> tuple[dict[str, TensorDataset], float]:
+    """Pooled features of every split, computed once with the frozen backbone."""
+    start = time.perf_counter()
+    cached = {}
+    for split in ("train", "val", "test"):
+        feats, labels = extract_features(
+            model, dm.eval_dataloader(split), device=device, desc=f"features {split}", progress=progress
+        )
+        cached[split] = TensorDataset(feats, labels)
+    return cached, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------- the run
+def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True) -> RunResult:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    _check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    data_path = resolve_data(cfg.data)
+
+    splits_path = run_dir / "splits.json"
+    if resume and splits_path.is_file():
+        splits = load_splits(splits_path)
+    else:
+        splits = discover(data_path, val_fraction=cfg.val_fraction,
+                          test_fraction=cfg.test_fraction, seed=cfg.seed)
+    classes = splits.classes
+    log.info("Data %s: %d classes; train %d, val %d, test %d images; %d files skipped.",
+             data_path, len(classes), len(splits.train), len(splits.val), len(splits.test),
+             len(splits.skipped))
+    if not splits.train:
+        raise RunError(f"No training images in '{data_path}'.")
+
+    model = build_model(cfg, len(classes))
+    weights_source = model.weights_source  # loading the best checkpoint later overwrites it
+    log.info("Backbone %s: weights from %s.", model.variant, weights_source)
+    phases = plan(cfg, model)
+    image_size = cfg.image_size or model.pretrained_cfg.image_size
+    _check_image_size(model, image_size)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_splits(splits, splits_path)
+    save_config(cfg, run_dir / "config.yaml")
+
+    class_weights = class_weights_for(cfg, splits.counts("train"))
+    device = select_device(cfg)
+    num_workers = _num_workers(cfg)
+    has_val = bool(splits.val)
+
+    history: list[dict] = []
+    cached: dict[str, TensorDataset] | None = None
+    extraction_s = 0.0
+    images_trained = 0
+    start = time.perf_counter()
+    module: FinetuneModule | None = None
+    for i, phase in enumerate(phases):
+        last_phase = i == len(phases) - 1
+        ckpt_dir = run_dir / "checkpoints" if last_phase else run_dir / "checkpoints" / phase.name
+        dm = FinetuneDataModule(
+            splits, model.pretrained_cfg, image_size=image_size, augment=phase.augment,
+            batch_size=cfg.batch_size, num_workers=num_workers, seed=cfg.seed,
+        )
+        dm.setup("fit")
+        if phase.feature_cache:
+            if cached is None:
+                cached, extraction_s = _feature_loaders(model, dm, cfg, device, progress)
+            generator = torch.Generator().manual_seed(cfg.seed)
+            train_loader = DataLoader(cached["train"], batch_size=cfg.batch_size, shuffle=True,
+                                      generator=generator)
+            val_loader = DataLoader(cached["val"], batch_size=1024)
+        else:
+            train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
+
+        module = FinetuneModule(model, phase, cfg, classes=classes, class_weights=class_weights)
+        log.info("%s", phase.describe(model))
+        trainer, checkpoint = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=progress)
+        ckpt_path = ckpt_dir / "last.ckpt"
+        resume_from = str(ckpt_path) if resume and ckpt_path.is_file() else None
+        if resume_from:
+            log.info("Resuming phase '%s' from %s.", phase.name, ckpt_path)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+            trainer.fit(module, train_loader, val_loader if has_val else None, ckpt_path=resume_from)
+        images_trained += module.images_seen
+        history.extend(module.history)
+        best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
+        if best:
+            # Evaluate (and start the next phase from) the weights that were best on val.
+            load_weights(model, load_state_dict_file(best), f"checkpoint {best}")
+    train_time = time.perf_counter() - start
+
+    assert module is not None
+    metrics = _evaluate(module, model, cfg, splits, dm, cached, device, progress)
+    metrics.update(
+        backbone=model.variant,
+        strategy=cfg.strategy,
+        num_classes=len(classes),
+        classes=classes,
+        trainable_params=count_trainable(model),
+        total_params=sum(p.numel() for p in model.parameters()),
+        train_time_s=round(train_time, 3),
+        feature_extraction_s=round(extraction_s, 3),
+        images_per_s=round(images_trained / train_time, 2) if train_time > 0 else 0.0,
+        image_size=image_size,
+        weights_source=weights_source,
+        phases=[{"name": p.name, "epochs": p.epochs, "lr": p.lr, "unfreeze": p.unfreeze,
+                 "augment": p.augment, "feature_cache": p.feature_cache} for p in phases],
+        data={"path": str(data_path), "train_counts": splits.counts("train")},
+        split_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        class_weighted_loss=class_weights is not None,
+        skipped_files=list(splits.skipped),
+    )
+    metrics = _ordered(metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir, metrics, history, classes, config=cfg.to_dict())
+    return RunResult(run_dir=run_dir, metrics=metrics)
+
+
+def _evaluate(module, model, cfg, splits: DataSplits, dm, cached, device, progress) -> dict:
+    """Val and test metrics of the final (best-on-val) weights."""
+    out: dict[str, dict] = {}
+    for split in ("val", "test"):
+        samples = getattr(splits, split)
+        if not samples:
+            out[split] = None
+            continue
+        if cached is not None and module.on_features:
+            loader = DataLoader(cached[split], batch_size=1024)
+        else:
+            loader = dm.eval_dataloader(split)
+        probs, labels = predict_probs(module, loader, device=device, desc=f"evaluate {split}",
+                                      progress=progress)
+        m = classification_metrics(labels.numpy(), probs.numpy(), splits.classes)
+        if split == "val":
+            m = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
+        out[split] = m
+    return out
+
+
+def _ordered(metrics: dict) -> dict:
+    """DESIGN.md's keys first, in its order; extras after."""
+    first = ["backbone", "strategy", "num_classes", "trainable_params", "total_params",
+             "train_time_s", "images_per_s", "val", "test", "skipped_files"]
+    return {**{k: metrics[k] for k in first}, **{k: v for k, v in metrics.items() if k not in first}}
+
+
+def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    has_ckpt = any((run_dir / "checkpoints").rglob("last.ckpt")) if run_dir.exists() else False
+    if resume:
+        if not has_ckpt:
+            raise RunError(
+                f"Nothing to resume in '{run_dir}': no checkpoint was written there yet. "
+                f"Run without --resume to start it."
+            )
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(
+                f"Run folder '{run_dir}' already holds a run. Use --resume to continue it, "
+                f"--output for another folder, or --overwrite to replace it."
+            )
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
+def _check_image_size(model: Backbone, image_size: int) -> None:
+    minimum = 32
+    if image_size < minimum:
+        raise RunError(
+            f"--image-size {image_size} is too small for '{model.variant}' (it downsamples "
+            f"32x); use at least {minimum}, ideally its pretrained size "
+            f"{model.pretrained_cfg.image_size}."
+        )
+
+
+# ---------------------------------------------------------------------- evaluate
+def load_run_model(run_dir: Path) -> tuple[Backbone, RunConfig, DataSplits]:
+    """The trained model of a run folder (best checkpoint), its config and splits."""
+    from .config import RunConfig, load_recipe
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise RunError(f"'{run_dir}' is not a run folder (no config.yaml). Pass the folder "
+                       f"that `finetune run` wrote.")
+    cfg = RunConfig.from_mapping(load_recipe(run_dir / "config.yaml"), where=str(run_dir / "config.yaml"))
+    splits = load_splits(run_dir / "splits.json")
+    ckpts = [run_dir / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
+    ckpt = next((c for c in ckpts if c.is_file()), None)
+    if ckpt is None:
+        raise RunError(f"No checkpoint in '{run_dir / 'checkpoints'}': the run did not finish "
+                       f"a phase. Use `finetune run --resume` to continue it.")
+    model = build_model(cfg, len(splits.classes), pretrained=False)
+    load_weights(model, load_state_dict_file(ckpt), f"checkpoint {ckpt}")
+    model.eval()
+    return model, cfg, splits
+
+
+def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = True) -> dict:
+    """Re-evaluate a run's model on its test split, or on every image of ``data``."""
+    model, cfg, splits = load_run_model(run_dir)
+    if data is not None:
+        new = discover(resolve_data(data), val_fraction=0.0, test_fraction=0.0, seed=cfg.seed)
+        unknown = sorted(set(new.classes) - set(splits.classes))
+        if unknown:
+            raise RunError(
+                f"'{data}' has classes the run never saw: {', '.join(unknown)}. The run knows "
+                f"{', '.join(splits.classes)}; evaluate on folders named after those."
+            )
+        index = {c: i for i, c in enumerate(splits.classes)}
+        samples = [(p, index[new.classes[y]]) for p, y in new.train]
+        splits = DataSplits(classes=splits.classes, train=[], val=[], test=samples,
+                            skipped=new.skipped, source=new.source)
+    image_size = cfg.image_size or model.pretrained_cfg.image_size
+    dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=image_size, augment="none",
+                            batch_size=cfg.batch_size, num_workers=_num_workers(cfg))
+    dm.setup("test")
+    probs, labels = predict_probs(model, dm.eval_dataloader("test"), device=select_device(cfg),
+                                  desc="evaluate", progress=progress)
+    metrics = classification_metrics(labels.numpy(), probs.numpy(), splits.classes)
+    metrics["num_samples"] = int(len(labels))
+    metrics["skipped_files"] = list(splits.skipped)
+    metrics["data"] = data or "test split"
+    return metrics
+
+
+__all__ = ["RunError", "RunResult", "build_model", "evaluate_run", "load_run_model", "run"]

@@ -1,0 +1,29 @@
+"""Shared fixtures. The suite never touches the network: offline mode is forced here."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["FINETUNE_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Two cores: one intra-op thread per core keeps timings steady and avoids oversubscription.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory):
+    """The built-in natural-photo dataset, small: real crops of scikit-image's photos."""
+    from finetune.data.builtin import build_dataset
+
+    return build_dataset("photos", root=tmp_path_factory.mktemp("datasets"), per_class=16, size=96)
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+    from finetune.data.builtin import build_dataset
+
+    return build_dataset("digits", root=tmp_path_factory.mktemp("datasets"), per_class=30, size=64)

@@ -1,0 +1,66 @@
+"""The command line: clear one-line errors, and a run that prints its result."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from finetune.cli import main
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def _one_clear_line(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    error_lines = [ln for ln in lines if "Error" in ln]
+    assert len(error_lines) == 1, result.output
+    for needle in needles:
+        assert needle in result.output, result.output
+
+
+def test_missing_data_path(tmp_path):
+    result = _invoke("run", "--data", str(tmp_path / "nope"), "-q")
+    _one_clear_line(result, str(tmp_path / "nope"))
+
+
+def test_unknown_backbone_suggests_nearest():
+    result = _invoke("run", "--backbone", "resnt50")
+    _one_clear_line(result, "Unknown backbone 'resnt50'", "'resnet50'")
+
+
+def test_unknown_strategy_lists_choices():
+    result = _invoke("run", "--strategy", "fine")
+    _one_clear_line(result, "'fine'", "linear", "lp-ft")
+
+
+def test_weights_file_missing(tmp_path, photos_dir):
+    result = _invoke("run", "--data", str(photos_dir), "--weights", str(tmp_path / "w.pth"),
+                     "--output", str(tmp_path / "run"), "-q")
+    _one_clear_line(result, "w.pth", "--weights")
+
+
+def test_run_and_evaluate_from_the_command_line(tmp_path, photos_dir):
+    out = tmp_path / "run"
+    result = _invoke("run", "--data", str(photos_dir), "--image-size", "96", "--epochs", "5",
+                     "--num-workers", "0", "--output", str(out), "-q")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and str(out) in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    result = _invoke("evaluate", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    again = json.loads(result.output)
+    assert again["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_models_lists_registered_backbones():
+    result = _invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["resnet50"]["params"] == 25_557_032
+    assert rows["efficientnet_lite0"]["weights_offline"] is True
