@@ -100,6 +100,8 @@ def main() -> None:
 @click.option("--unfreeze", type=click.IntRange(min=0),
               help="partial: how many last stages train (default per backbone).")
 @click.option("--augment", type=click.Choice(AUGMENT_CHOICES), help="Augmentation strength.  [default: auto]")
+@click.option("--hflip/--no-hflip", default=None,
+              help="Random horizontal flips (turn off for text, digits, chiral objects).")
 @click.option("--class-weights", type=click.Choice(["auto", "on", "off"]),
               help="Class-weighted loss (auto: when imbalance > 3:1).")
 @click.option("--feature-cache/--no-feature-cache", default=None,
@@ -161,30 +163,31 @@ def evaluate(run_dir: Path, data: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--summary", "summary_name", metavar="NAME",
+              help="Print NAME's layer table instead of the list (a backbone or timm:<name>).")
+@click.option("--input-size", type=click.IntRange(min=1),
+              help="Input size for --summary (default: the backbone's own).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def models(as_json: bool) -> None:
-    """List the registered backbones and where their pretrained weights come from."""
-    from .models import create_backbone, list_models, model_family
-    from .models._weights import _hf_cache_file, _package_file, _torch_hub_file
+def models(summary_name: str | None, input_size: int | None, as_json: bool) -> None:
+    """List the backbones (parameters, GMACs, weights), or one backbone's layers with --summary."""
+    from .models.summary import catalog, format_catalog, format_summary, meta_backbone, summarize
 
-    rows = []
-    for name in list_models():
-        model = create_backbone(name)
-        cfg = model.pretrained_cfg
-        offline = any(p is not None and p.is_file()
-                      for p in (_package_file(cfg), _torch_hub_file(cfg), _hf_cache_file(cfg)))
-        rows.append({"name": name, "family": model_family(name),
-                     "params": sum(p.numel() for p in model.parameters()),
-                     "input_size": cfg.image_size, "weights": cfg.source,
-                     "weights_offline": offline})
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
+    if summary_name is None:
+        if input_size is not None:
+            raise click.UsageError("--input-size goes with --summary NAME; the list uses each "
+                                   "backbone's default size.")
+        rows = catalog()
+        click.echo(json.dumps(rows, indent=2) if as_json else format_catalog(rows))
         return
-    click.echo(f"{'name':<22} {'family':<14} {'params':>12} {'size':>5}  weights")
-    for r in rows:
-        where = f"{r['weights']} ({'offline' if r['weights_offline'] else 'download'})"
-        click.echo(f"{r['name']:<22} {r['family']:<14} {r['params']:>12,} {r['input_size']:>5}  {where}")
-    click.echo("Any timm model also works as timm:<name>.")
+    try:
+        model = meta_backbone(summary_name)  # shapes only: no weights allocated
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--summary'") from None
+    try:
+        summary = summarize(model, input_size=input_size)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="'--input-size'") from None
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
 @main.group()

@@ -47,6 +47,7 @@ class RunConfig:
     # --- data
     image_size: int | None = None  # default: the backbone's pretrained input size
     augment: str = "auto"  # auto grades by strategy: none for cached features, light, medium
+    hflip: bool = True  # random horizontal flips; off for text, digits, anything chiral
     class_weights: str = "auto"  # auto: class-weighted loss when max/min class count > 3
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -101,6 +102,39 @@ def class_weights_for(cfg: RunConfig, counts: list[int]) -> torch.Tensor | None:
     return weights
 
 
+class _ProgressBar(TQDMProgressBar):
+    """One bar per training epoch; validation is short and gets none of its own."""
+
+    def init_validation_tqdm(self):
+        bar = super().init_validation_tqdm()
+        bar.disable = True
+        return bar
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Keep Lightning's banners and the warnings our design makes expected out of the output.
+
+    Frozen stages are in eval mode on purpose (the BN policy), the final phase's
+    checkpoint folder holds the earlier phases' sub-folders, and tiny datasets have few
+    batches: none of these needs the user's attention.
+    """
+    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        for message in (".*module\\(s\\) in eval mode.*", ".*does not have many workers.*",
+                        ".*number of training batches.*", ".*exists and is not empty.*",
+                        ".*LeafSpec.*"):
+            warnings.filterwarnings("ignore", message=message)
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
 def _num_workers(cfg: RunConfig) -> int:
     if cfg.num_workers is not None:
         return cfg.num_workers
@@ -120,7 +154,7 @@ def _trainer(cfg: RunConfig, phase: Phase, ckpt_dir: Path, *, has_val: bool, pro
     )
     callbacks: list[pl.Callback] = [checkpoint]
     if progress:
-        callbacks.append(TQDMProgressBar(leave=False))
+        callbacks.append(_ProgressBar(leave=False))
     trainer = pl.Trainer(
         max_epochs=phase.epochs,
         accelerator=cfg.accelerator,
@@ -199,7 +233,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         ckpt_dir = run_dir / "checkpoints" if last_phase else run_dir / "checkpoints" / phase.name
         dm = FinetuneDataModule(
             splits, model.pretrained_cfg, image_size=image_size, augment=phase.augment,
-            batch_size=cfg.batch_size, num_workers=num_workers, seed=cfg.seed,
+            batch_size=cfg.batch_size, num_workers=num_workers, seed=cfg.seed, hflip=cfg.hflip,
         )
         dm.setup("fit")
         if phase.feature_cache:
@@ -214,14 +248,12 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
 
         module = FinetuneModule(model, phase, cfg, classes=classes, class_weights=class_weights)
         log.info("%s", phase.describe(model))
-        trainer, checkpoint = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=progress)
         ckpt_path = ckpt_dir / "last.ckpt"
         resume_from = str(ckpt_path) if resume and ckpt_path.is_file() else None
         if resume_from:
             log.info("Resuming phase '%s' from %s.", phase.name, ckpt_path)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
+        with quiet_lightning():
+            trainer, checkpoint = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=progress)
             trainer.fit(module, train_loader, val_loader if has_val else None, ckpt_path=resume_from)
         images_trained += module.images_seen
         history.extend(module.history)

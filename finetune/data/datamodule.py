@@ -81,6 +81,7 @@ class FinetuneDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         balanced_sampling: bool = False,
         seed: int = 0,
+        hflip: bool = True,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -98,7 +99,7 @@ class FinetuneDataModule(pl.LightningDataModule):
         self.seed = seed
         # Built now, not in setup, so a bad level or size fails before any training starts.
         self.train_transform = build_transform(
-            pretrained_cfg, image_size=image_size, train=True, level=augment, seed=seed
+            pretrained_cfg, image_size=image_size, train=True, level=augment, seed=seed, hflip=hflip
         )
         self.eval_transform = build_transform(pretrained_cfg, image_size=image_size, train=False)
         self.draft_size = jpeg_draft_size(pretrained_cfg, image_size)

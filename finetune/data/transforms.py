@@ -127,10 +127,12 @@ def build_transform(
     train: bool = False,
     level: str = "light",
     seed: int | None = None,
+    hflip: bool = True,
 ) -> A.Compose:
     """The pipeline for an (H, W, 3) uint8 RGB array: ``t(image=x)["image"]`` is a
     (3, size, size) float32 tensor. ``seed`` makes the random augmentations repeatable
-    (the datamodule reseeds each DataLoader worker differently from it)."""
+    (the datamodule reseeds each DataLoader worker differently from it). ``hflip=False``
+    for data whose mirror image is another thing: text, digits, road signs."""
     _check_level(level)
     size, resize = resolve_sizes(pretrained_cfg, image_size)
     interp = _interpolation(pretrained_cfg.interpolation)
@@ -148,7 +150,7 @@ def build_transform(
             interpolation=interp,
             area_for_downscale="image",
         ),
-        A.HorizontalFlip(p=0.5),
+        A.HorizontalFlip(p=0.5 if hflip else 0.0),
     ]
     if level in ("medium", "strong"):
         strong = level == "strong"
