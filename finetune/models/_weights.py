@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -120,6 +121,19 @@ def _hf_cache_file(cfg: PretrainedCfg) -> Path | None:
     return None
 
 
+def _local_candidates(cfg: PretrainedCfg) -> Iterator[tuple[str, Path | None]]:
+    """The places weights may already be on disk, in the order they are tried (lazily:
+    each lookup runs only when the ones before it found nothing)."""
+    yield "installed package " + str(cfg.package), _package_file(cfg)
+    yield "torch hub cache", _torch_hub_file(cfg)
+    yield "Hugging Face cache", _hf_cache_file(cfg)
+
+
+def local_weights_file(cfg: PretrainedCfg) -> Path | None:
+    """The file ``resolve_pretrained`` would load without the network, or None."""
+    return next((p for _, p in _local_candidates(cfg) if p is not None and p.is_file()), None)
+
+
 def _download(cfg: PretrainedCfg) -> Path:
     if cfg.hf_hub_id:
         from huggingface_hub import hf_hub_download
@@ -139,18 +153,12 @@ def resolve_pretrained(cfg: PretrainedCfg, variant: str) -> tuple[StateDict, str
             f"Backbone '{variant}' has no published pretrained weights. Pass a file with "
             f"--weights PATH, or --weights none to train from random initialisation."
         )
-    looked: list[str] = []
-    candidates = [
-        ("installed package " + str(cfg.package), _package_file(cfg)),
-        ("torch hub cache", _torch_hub_file(cfg)),
-        ("Hugging Face cache", _hf_cache_file(cfg)),
-    ]
-    for where, path in candidates:
-        if path is not None and path.is_file():
-            log.info("Pretrained weights for %s: %s (%s)", variant, path, where)
-            return load_state_dict_file(path), f"{where}: {path}"
-        if path is not None:
-            looked.append(str(path))
+    path = local_weights_file(cfg)
+    if path is not None:
+        where = next(where for where, p in _local_candidates(cfg) if p == path)
+        log.info("Pretrained weights for %s: %s (%s)", variant, path, where)
+        return load_state_dict_file(path), f"{where}: {path}"
+    looked = [str(p) for _, p in _local_candidates(cfg) if p is not None]
     if cfg.package:
         looked.append(f"package '{cfg.package}' (not installed)")
     fixes = [f"pass the file with --weights PATH (a .pth, .safetensors or .ckpt of '{variant}')"]

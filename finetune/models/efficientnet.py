@@ -485,7 +485,8 @@ class EfficientNet(_EfficientNetPytorchKeys, Backbone):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.classifier = self._new_classifier(num_classes)
+        device = self.conv_head.weight.device  # after model.cuda(), the new head goes there too
+        self.classifier = self._new_classifier(num_classes).to(device)
         init_linear_head(self.classifier)
 
     def stages(self) -> list[Stage]:
@@ -558,7 +559,8 @@ class EfficientNetTv(_EfficientNetPytorchKeys, Backbone):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.classifier[1] = self._new_linear(num_classes)
+        device = self.features[0][0].weight.device
+        self.classifier[1] = self._new_linear(num_classes).to(device)
         init_linear_head(self.classifier[1])
 
     def stages(self) -> list[Stage]:
