@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .config import AUGMENT_CHOICES, STRATEGIES, ConfigError
+from .config import AUGMENT_CHOICES, DISTRIBUTED, HEAD_FITS, STRATEGIES, ConfigError
 
 log = logging.getLogger("finetune")
 
@@ -25,6 +25,10 @@ class UserError(click.ClickException):
     """One line on stderr, exit code 2, no traceback."""
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        # One line whatever the source: YAML and torch errors carry their own newlines.
+        super().__init__(" ".join(message.split()))
 
 
 def _user_errors(fn):
@@ -40,6 +44,10 @@ def _user_errors(fn):
         except (ConfigError, DataError, WeightsNotFoundError, UnsafeCheckpointError,
                 FileNotFoundError, ValueError, FloatingPointError) as err:
             raise UserError(str(err)) from None
+        except (PermissionError, IsADirectoryError, NotADirectoryError) as err:
+            raise UserError(
+                f"Cannot read '{err.filename}': {err.strerror}. Check the path and its permissions."
+            ) from None
         except MemoryError:
             raise UserError("Out of memory. Lower --batch-size or --image-size.") from None
         except RuntimeError as err:
@@ -84,7 +92,8 @@ def main() -> None:
               help="Backbone name (see `finetune models`) or timm:<name>.  [default: efficientnet_lite0]")
 @click.option("--strategy", type=click.Choice(STRATEGIES),
               help="linear: head on frozen features; partial: last stages; full: everything; "
-              "lp-ft: linear probe, then full.  [default: linear]")
+              "lp-ft: linear probe, then full; surgical: linear probe, then the first stages; "
+              "auto: what `finetune recommend` says.  [default: linear]")
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML recipe (see recipes/); flags override it.")
 @click.option("--weights", help="'pretrained' (offline first), 'none' (random init), or a "
@@ -98,7 +107,8 @@ def main() -> None:
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Head learning rate; backbone stages get less (default per strategy).")
 @click.option("--unfreeze", type=click.IntRange(min=0),
-              help="partial: how many last stages train (default per backbone).")
+              help="partial: how many last stages train (default per backbone); surgical: how "
+              "many first stages (default 2).")
 @click.option("--augment", type=click.Choice(AUGMENT_CHOICES), help="Augmentation strength.  [default: auto]")
 @click.option("--hflip/--no-hflip", default=None,
               help="Random horizontal flips (turn off for text, digits, chiral objects).")
@@ -106,10 +116,20 @@ def main() -> None:
               help="Class-weighted loss (auto: when imbalance > 3:1).")
 @click.option("--feature-cache/--no-feature-cache", default=None,
               help="linear: train the head on cached features (default on).")
+@click.option("--feature-cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where cached features live.  [default: $FINETUNE_CACHE_DIR or "
+              "~/.cache/finetune/features]")
+@click.option("--head-fit", type=click.Choice(HEAD_FITS),
+              help="linear: sgd trains the head for --epochs; lbfgs fits a logistic regression "
+              "to convergence, regularisation chosen on val.  [default: sgd]")
 @click.option("--seed", type=int, help="Seed for the split, init and order.  [default: 0]")
 @click.option("--num-workers", type=click.IntRange(min=0), help="Data loader workers.")
 @click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.  [default: auto]")
 @click.option("--devices", help="Lightning devices: auto or a count.  [default: auto]")
+@click.option("--num-nodes", type=click.IntRange(min=1),
+              help="Machines (torchrun / SLURM), each running --devices processes.  [default: 1]")
+@click.option("--distributed", type=click.Choice(DISTRIBUTED),
+              help="Lightning's distributed strategy (see docs/scaling.md).  [default: auto]")
 @click.option("--precision", help="Lightning precision (default: bf16-mixed on GPU, 32-true on CPU).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
@@ -121,13 +141,17 @@ def run(recipe, resume, overwrite, quiet, **flags) -> None:
     from .train import run as run_training
 
     _setup_logging(verbose=not quiet)
-    if flags.get("output") is not None:
-        flags["output"] = str(flags["output"])
+    for key in ("output", "feature_cache_dir"):
+        if flags.get(key) is not None:
+            flags[key] = str(flags[key])
     cfg = resolve_config(recipe, **flags)
     result = run_training(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    if not result.is_global_zero:
+        return  # DDP: rank 0 evaluates, writes and prints
     m = result.metrics
     test = m["test"] or {}
-    line = (f"{m['backbone']} / {m['strategy']}: test accuracy {test.get('accuracy', float('nan')):.4f}, "
+    chosen = f"{m['strategy']} (auto)" if m.get("recommended_by") == "auto" else m["strategy"]
+    line = (f"{m['backbone']} / {chosen}: test accuracy {test.get('accuracy', float('nan')):.4f}, "
             f"macro-F1 {test.get('macro_f1', float('nan')):.4f}")
     if test.get("top5_accuracy") is not None:
         line += f", top-5 {test['top5_accuracy']:.4f}"
@@ -192,7 +216,7 @@ def models(summary_name: str | None, input_size: int | None, as_json: bool) -> N
 
 @main.group()
 def data() -> None:
-    """Built-in datasets, made offline from images that installed packages ship."""
+    """Datasets: build the built-in ones offline, or check your own before training."""
 
 
 @data.command("build")
@@ -210,6 +234,134 @@ def data_build(name: str, root: Path, per_class: int | None, seed: int) -> None:
         raise UserError(f"Unknown built-in dataset '{name}'. Choose one of: {', '.join(BUILTIN_DATASETS)}.")
     path = build_dataset(name, root=root, per_class=per_class, seed=seed)
     click.echo(f"{name}: {path}")
+
+
+@data.command("check")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A run's splits.json: also report files duplicated across its train/val/test.")
+@click.option("--min-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Report images smaller than this on either side.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@_user_errors
+def data_check(path: Path, splits_file: Path | None, min_size: int, as_json: bool) -> None:
+    """Check PATH without training: classes, broken files, modes, sizes, duplicates.
+
+    Exit code 0 when `finetune run` can train on it, 1 (with the reason) when it cannot.
+    """
+    from .datacheck import check_data
+
+    report = check_data(path, splits=splits_file, min_size=min_size)
+    click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.format())
+    if not report.ok:
+        click.echo(f"Error: cannot train on '{path}': {' '.join(report.problems)}", err=True)
+        sys.exit(1)
+
+
+# Literal here so that `finetune --help` does not import torch; test_export checks it
+# against finetune.export.FORMATS.
+EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
+              help="onnx (onnxruntime, dynamic batch), torchscript (torch.jit, dynamic batch) "
+              "or safetensors (weights that reload as the backbone, and as the timm model).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Export folder.  [default: RUN_DIR/model/<format>]")
+@click.option("--opset", type=click.IntRange(min=7),
+              help="ONNX opset (onnx only).  [default: 17]")
+@click.option("--half", is_flag=True,
+              help="float16 weights and input; parity bounds 1e-2 (probabilities) and 5e-2 "
+              "(logits) instead of 1e-4 and 1e-3.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier export there (only once the new one passes parity).")
+@_user_errors
+def export(run_dir: Path, fmt: str, output: Path | None, opset: int | None, half: bool,
+           overwrite: bool) -> None:
+    """Export a run's model with its labels and preprocessing, after checking that it
+    predicts what the PyTorch model predicts on the run's test images."""
+    from .export import export_run
+
+    _setup_logging(verbose=False)
+    result = export_run(run_dir, format=fmt, output=output, opset=opset, half=half,
+                        overwrite=overwrite)
+    size_mb = result.model_file.stat().st_size / 1e6
+    click.echo(f"Parity: {result.parity.describe()}.")
+    click.echo(f"Exported {fmt} to {result.path} ({result.model_file.name} {size_mb:.1f} MB, "
+               f"model.json).")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="How many labels per image.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print JSON: [{"path", "predictions": [{"label", "probability"}]}].')
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per forward pass.")
+@_user_errors
+def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, batch_size: int) -> None:
+    """Top-k labels of IMAGES (files or folders) with MODEL: a run folder or an export folder.
+
+    Images are prepared exactly as evaluation prepares them (EXIF orientation included).
+    Files that cannot be decoded are reported on stderr and skipped.
+    """
+    from .predict import collect_images, load, predict_files
+
+    _setup_logging(verbose=False)
+    predictor = load(model)
+    files = collect_images(images)
+    if not files:
+        raise UserError(f"No image files in {', '.join(map(str, images))} "
+                        f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
+    results, failed = [], 0
+    for path, preds, reason in predict_files(predictor, files, top_k=top_k, batch_size=batch_size):
+        if preds is None:
+            failed += 1
+            click.echo(f"Skipped {path}: {reason}", err=True)
+            continue
+        if as_json:
+            results.append({"path": str(path), "predictions": [p._asdict() for p in preds]})
+        else:
+            click.echo(f"{path}: " + ", ".join(f"{p.label} {p.probability:.4f}" for p in preds))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if failed == len(files):
+        raise UserError(f"None of the {len(files)} images could be read (reasons above).")
+
+
+@main.command()
+@click.option("--data", required=True,
+              help="What `finetune run --data` takes: an image folder, a CSV manifest or builtin:NAME.")
+@click.option("--backbone", required=True, callback=_check_backbone,
+              help="Backbone name (see `finetune models`) or timm:<name>.")
+@click.option("--budget", "budget", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Training time available here: fewer epochs or a cheaper strategy to fit it.")
+@click.option("--image-size", type=click.IntRange(min=32),
+              help="Input size to measure and train at (default: the backbone's).")
+@click.option("--weights", default="pretrained", show_default=True,
+              help="'pretrained' (offline first) or a .pth/.safetensors/.ckpt file to measure.")
+@click.option("--max-images", type=click.IntRange(min=4), default=500, show_default=True,
+              help="Images sampled (per class evenly) for the signals.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the split (as `finetune run --seed`) and of the sample.")
+@click.option("--json", "as_json", is_flag=True, help="Print the recommendation as JSON.")
+@_user_errors
+def recommend(data: str, backbone: str, budget: float | None, image_size: int | None, weights: str,
+              max_images: int, seed: int, as_json: bool) -> None:
+    """Which strategy suits DATA: measures how far the data sits from the backbone's
+    pretraining (BatchNorm statistics per depth, linear probes per stage), places it on
+    the amount x similarity grid, and prints the evidence, the hyperparameters and the
+    `finetune run` command."""
+    from .recommend import recommend as make_recommendation
+
+    _setup_logging(verbose=False)
+    rec = make_recommendation(data, backbone, budget_minutes=budget, seed=seed,
+                              max_images=max_images, image_size=image_size, weights=weights)
+    click.echo(json.dumps(rec.to_json(), indent=2) if as_json else rec.format())
 
 
 if __name__ == "__main__":  # pragma: no cover

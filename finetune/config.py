@@ -15,8 +15,13 @@ from typing import Any
 
 import yaml
 
-STRATEGIES = ("linear", "partial", "full", "lp-ft")
+# "auto" asks the recommender (finetune/recommend.py) and runs what it says.
+STRATEGIES = ("linear", "partial", "full", "lp-ft", "surgical", "auto")
 AUGMENT_CHOICES = ("auto", "none", "light", "medium", "strong")
+HEAD_FITS = ("sgd", "lbfgs")
+# Lightning strategies this toolkit runs and tests (docs/scaling.md); FSDP and DeepSpeed
+# shard models far larger than any backbone here, so they are left out.
+DISTRIBUTED = ("auto", "ddp", "ddp_spawn")
 
 
 class ConfigError(ValueError):
@@ -42,7 +47,8 @@ class RunConfig:
     weight_decay: float = 1e-4  # AdamW; never applied to biases and norm parameters
     warmup_epochs: float | None = None  # linear warm-up, then cosine to zero
     label_smoothing: float = 0.0
-    unfreeze: int | None = None  # `partial`: how many last stages train (default per backbone)
+    # `partial`: how many last stages train (default per backbone); `surgical`: first stages
+    unfreeze: int | None = None
 
     # --- data
     image_size: int | None = None  # default: the backbone's pretrained input size
@@ -53,10 +59,16 @@ class RunConfig:
     test_fraction: float = 0.15
     num_workers: int | None = None  # default: half the CPU cores, at most 4
     feature_cache: bool = True  # `linear`: one backbone pass, then train the head on features
+    feature_cache_dir: str | None = None  # default $FINETUNE_CACHE_DIR or ~/.cache/finetune/features
+    # How the head of a cached-feature phase trains: "sgd" = AdamW epochs through Lightning;
+    # "lbfgs" = logistic regression to convergence, C swept on val (as CLIP / DINOv2 probes).
+    head_fit: str = "sgd"
 
     # --- hardware (passed to Lightning)
     accelerator: str = "auto"
     devices: str = "auto"
+    num_nodes: int = 1  # machines, each running `devices` processes (torchrun / SLURM)
+    distributed: str = "auto"  # Lightning strategy: auto, ddp (torchrun/SLURM), ddp_spawn
     precision: str | None = None  # default: bf16-mixed on GPU, 32-true on CPU
     seed: int = 0
 
@@ -65,9 +77,13 @@ class RunConfig:
             raise ConfigError(_choice_error("strategy", self.strategy, STRATEGIES))
         if self.augment not in AUGMENT_CHOICES:
             raise ConfigError(_choice_error("augment", self.augment, AUGMENT_CHOICES))
+        if self.head_fit not in HEAD_FITS:
+            raise ConfigError(_choice_error("head_fit", self.head_fit, HEAD_FITS))
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(_choice_error("distributed", self.distributed, DISTRIBUTED))
         if self.class_weights not in ("auto", "on", "off"):
             raise ConfigError(_choice_error("class_weights", self.class_weights, ("auto", "on", "off")))
-        for name in ("epochs", "lp_epochs", "batch_size", "unfreeze", "image_size"):
+        for name in ("epochs", "lp_epochs", "batch_size", "unfreeze", "image_size", "num_nodes"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "lp_epochs" else 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value}.")

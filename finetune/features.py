@@ -6,14 +6,47 @@ mode, and without augmentation its pooled output for an image is always the same
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .data.transforms import prepare_batch
 from .models import Backbone
 
 
-@torch.inference_mode()
+def iter_features(
+    model: Backbone,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    desc: str = "features",
+    progress: bool = True,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batch by batch: pooled features (B, num_features) float32 on the CPU, labels (B,).
+
+    A generator, so a caller can write each batch to disk (``feature_cache``) and never
+    hold a whole dataset's features in memory.
+    """
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    try:
+        for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            with torch.inference_mode():
+                x = prepare_batch(x.to(device, non_blocking=True), model.pretrained_cfg)
+                if device.type == "cuda":
+                    with torch.autocast("cuda", dtype=torch.bfloat16):
+                        f = model.pooled_features(x)
+                else:
+                    f = model.pooled_features(x)
+                f = f.float().cpu()
+            yield f, torch.as_tensor(y).long()
+    finally:
+        model.train(was_training)
+
+
 def extract_features(
     model: Backbone,
     loader: DataLoader,
@@ -23,24 +56,13 @@ def extract_features(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled penultimate features (N, num_features) float32 and labels (N,) in loader order."""
-    was_training = model.training
-    model.eval()
-    model.to(device)
     feats, labels = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                f = model.pooled_features(x)
-        else:
-            f = model.pooled_features(x)
-        feats.append(f.float().cpu())
-        labels.append(torch.as_tensor(y))
-    model.train(was_training)
+    for f, y in iter_features(model, loader, device=device, desc=desc, progress=progress):
+        feats.append(f)
+        labels.append(y)
     if not feats:
         return torch.zeros(0, model.num_features), torch.zeros(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels).long()
+    return torch.cat(feats), torch.cat(labels)
 
 
 @torch.inference_mode()
@@ -59,8 +81,8 @@ def predict_probs(
     probs, labels = [], []
     for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
         x = x.to(device, non_blocking=True)
-        if device.type == "cuda" and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if isinstance(module, Backbone) and x.ndim == 4:
+            x = prepare_batch(x, module.pretrained_cfg)  # a FinetuneModule does this itself
         logits = module(x).float()
         probs.append(torch.softmax(logits, dim=1).cpu())
         labels.append(torch.as_tensor(y))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RunConfig
+from .data.transforms import prepare_batch
 from .models import Backbone
 from .strategies import Phase
 
@@ -56,7 +57,7 @@ class FinetuneModule(pl.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.on_features:
             return self.model.get_classifier()(x)  # (B, num_features) -> (B, C)
-        return self.model(x)  # (B, 3, H, W) -> (B, C)
+        return self.model(prepare_batch(x, self.model.pretrained_cfg))  # (B, 3, H, W) -> (B, C)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
@@ -98,16 +99,32 @@ class FinetuneModule(pl.LightningModule):
         self._val_sums = {"loss": 0.0, "correct": 0, "n": 0}
 
     def on_validation_epoch_end(self) -> None:
-        s = self._val_sums
+        # Under DDP each rank saw a shard of each split: add up the sums of every rank
+        # (every rank calls this hook, so the collective cannot deadlock), then divide.
+        v, t = self._val_sums, self._train_sums
+        local = torch.tensor([v["loss"], v["correct"], v["n"], t["loss"], t["correct"], t["n"]],
+                             dtype=torch.float32 if self.device.type == "mps" else torch.float64,
+                             device=self.device)  # MPS has no float64
+        total = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
+        s = {"loss": total[0], "correct": total[1], "n": int(total[2])}
+        t = {"loss": total[3], "correct": total[4], "n": int(total[5])}
         if s["n"] == 0:
             return
         val_loss, val_acc = s["loss"] / s["n"], s["correct"] / s["n"]
-        # Summed over the whole split, then reduced across DDP ranks by Lightning.
+        if not math.isfinite(val_loss):
+            # Raised before ModelCheckpoint runs (it saves in on_validation_end), so a
+            # diverged model never becomes best.ckpt or last.ckpt.
+            raise FloatingPointError(
+                f"Validation loss is {val_loss} after epoch {self.current_epoch}, step "
+                f"{self.global_step} of phase '{self.phase.name}': the weights diverged. The "
+                f"learning rate ({self.phase.lr:g}) is likely too high: lower --lr. The last "
+                f"checkpoint with finite weights is kept."
+            )
+        # Already global; sync_dist keeps Lightning's checkpoint monitor in step on every rank.
         self.log("val_loss", val_loss, prog_bar=True, sync_dist=True)
         self.log("val_accuracy", val_acc, prog_bar=True, sync_dist=True)
         if self.trainer.sanity_checking:
             return
-        t = self._train_sums
         row = {"epoch": len(self.history), "phase": self.phase.name,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
@@ -139,6 +156,16 @@ class FinetuneModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Last line of defence (e.g. no val split to catch divergence): never save NaN
+        # weights. Only what trains can diverge; frozen tensors are skipped to keep it cheap.
+        bad = next((k for k, p in self.model.named_parameters()
+                    if p.requires_grad and not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            raise FloatingPointError(
+                f"Not saving a checkpoint at epoch {self.current_epoch}, step {self.global_step} "
+                f"of phase '{self.phase.name}': '{bad}' holds NaN or Inf (the training diverged). "
+                f"Lower --lr; the last checkpoint with finite weights is kept."
+            )
         # What a resume must rebuild identically: checked in on_load_checkpoint.
         checkpoint["finetune"] = {
             "phase": self.phase.name,

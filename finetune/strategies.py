@@ -3,7 +3,9 @@
 The grid (DESIGN.md): little + similar data -> ``linear``; large + similar -> ``partial``;
 large + different -> ``full``; ``lp-ft`` first fits a linear head on frozen features and
 then fine-tunes everything from it, which keeps early fine-tuning steps from distorting
-good pretrained features with a random head (Kumar et al., 2022).
+good pretrained features with a random head (Kumar et al., 2022). ``surgical`` trains the
+*first* stages after a probe phase, for input-level shift (blur, noise, colour: Lee et al.,
+2022); ``auto`` is resolved into one of these by the recommender before planning.
 
 A strategy is a plan of one or two ``Phase`` objects. A phase decides three things:
 
@@ -38,6 +40,9 @@ class Phase:
     warmup_epochs: float
     augment: str  # "none" | "light" | "medium" | "strong"
     feature_cache: bool  # head-only phase on cached features
+    # `surgical`: the FIRST `unfreeze` stages train instead of the last ones (input-level
+    # shift is undone where it enters, Lee et al. 2022).
+    from_input: bool = False
 
     def trainable_stages(self, model: Backbone) -> list[Stage]:
         stages = model.stages()
@@ -50,6 +55,8 @@ class Phase:
                 f"({', '.join(s.name for s in stages)}). Use at most {len(stages)}, "
                 f"or --strategy full."
             )
+        if self.from_input:
+            return stages[:k]
         return stages[len(stages) - k:] if k > 0 else []
 
     def frozen_stages(self, model: Backbone) -> list[Stage]:
@@ -119,6 +126,9 @@ class Phase:
 
 
 # Defaults per strategy, each with its reason. A flag or recipe value overrides them.
+# `surgical` without --unfreeze: the stem and the first stage, where pixel statistics live.
+SURGICAL_UNFREEZE = 2
+
 _DEFAULTS = {
     # A linear head on cached features is cheap per epoch: train it long, at a high lr.
     "linear": {"epochs": 30, "lr": 1e-2, "warmup_epochs": 0.0, "augment": "none"},
@@ -126,6 +136,8 @@ _DEFAULTS = {
     "partial": {"epochs": 10, "lr": 1e-3, "warmup_epochs": 1.0, "augment": "light"},
     # Everything moves: more epochs, stronger augmentation against over-fitting.
     "full": {"epochs": 15, "lr": 1e-3, "warmup_epochs": 1.0, "augment": "medium"},
+    # The first stages and the head adapt; like `partial`, from a probe-trained head.
+    "surgical": {"epochs": 10, "lr": 1e-3, "warmup_epochs": 1.0, "augment": "medium"},
 }
 
 
@@ -164,4 +176,13 @@ def plan(cfg: RunConfig, model: Backbone) -> list[Phase]:
         # The probe phase keeps its own lr; --lr sets the fine-tuning phase.
         probe = replace(phase("linear", epochs=cfg.lp_epochs, unfreeze=0), lr=_DEFAULTS["linear"]["lr"])
         return [probe, phase("full", epochs=cfg.epochs, unfreeze="all")]
+    if cfg.strategy == "surgical":
+        # A head trained on frozen features first, so that the first stages adapt to the
+        # data rather than to a random head; then the first k stages and the head train.
+        k = cfg.unfreeze if cfg.unfreeze is not None else SURGICAL_UNFREEZE
+        probe = replace(phase("linear", epochs=cfg.lp_epochs, unfreeze=0), lr=_DEFAULTS["linear"]["lr"])
+        return [probe, replace(phase("surgical", epochs=cfg.epochs, unfreeze=k), from_input=True)]
+    if cfg.strategy == "auto":
+        raise ValueError("Strategy 'auto' is resolved by the recommender before planning "
+                         "(finetune.recommend.resolve_auto, called by finetune.train.run).")
     raise ValueError(f"Unknown strategy '{cfg.strategy}'.")

@@ -21,13 +21,18 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from .checkpointing import AtomicCheckpointIO, check_resume_data, resume_start, saved_history
 from .config import RunConfig, save_config
 from .data import DataSplits, FinetuneDataModule, discover, load_splits, save_splits
 from .data.builtin import BUILTIN_DATASETS, build_dataset
+from .data.transforms import preprocess_spec
+from .distributed import global_rank, local_rank
 from .evaluation import classification_metrics
-from .features import extract_features, predict_probs
+from .feature_cache import backbone_fingerprint, cached_features
+from .features import predict_probs
+from .head_fit import HeadFit, check_linear_head, fit_logistic_head
 from .io import atomic_write_json
 from .models import Backbone, create_backbone, load_state_dict_file, load_weights
 from .module import FinetuneModule, count_trainable
@@ -48,7 +53,8 @@ class RunError(ValueError):
 @dataclass
 class RunResult:
     run_dir: Path
-    metrics: dict
+    metrics: dict  # empty on DDP ranks other than 0, which evaluate and write nothing
+    is_global_zero: bool = True
 
 
 # ---------------------------------------------------------------------- inputs
@@ -85,7 +91,8 @@ def build_model(cfg: RunConfig, num_classes: int, *, pretrained: bool | None = N
 
 def select_device(cfg: RunConfig) -> torch.device:
     if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        # Under DDP each process extracts features on its own GPU, as Lightning trains on it.
+        return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
 
 
@@ -148,19 +155,28 @@ def _trainer(cfg: RunConfig, phase: Phase, ckpt_dir: Path, *, has_val: bool, pro
         filename="best",
         monitor="val_loss" if has_val else None,
         mode="min",
-        save_last=True,
+        save_last=not has_val,
         save_top_k=1,
         enable_version_counter=False,
     )
     callbacks: list[pl.Callback] = [checkpoint]
+    if has_val:
+        # Lightning >= 2.6 refreshes save_last's last.ckpt only in epochs where best.ckpt
+        # improved; --resume must continue from the latest epoch, so last.ckpt gets its own
+        # unmonitored callback that writes it after every epoch.
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None,
+                                         save_top_k=1, enable_version_counter=False))
     if progress:
         callbacks.append(_ProgressBar(leave=False))
     trainer = pl.Trainer(
         max_epochs=phase.epochs,
         accelerator=cfg.accelerator,
         devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.distributed,
         precision=precision,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],  # temp file + fsync + rename; weights_only loads
         logger=False,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -173,29 +189,71 @@ def _trainer(cfg: RunConfig, phase: Phase, ckpt_dir: Path, *, has_val: bool, pro
 
 def _feature_loaders(
     model: Backbone, dm: FinetuneDataModule, cfg: RunConfig, device: torch.device, progress: bool
-) -> tuple[dict[str, TensorDataset], float]:
-    """Pooled features of every split, computed once with the frozen backbone."""
+) -> tuple[dict[str, Dataset], float, dict[str, bool]]:
+    """Pooled features of every split, from the disk cache (``feature_cache``) or from one
+    pass of the frozen backbone now; also which splits were cache hits."""
     start = time.perf_counter()
-    cached = {}
+    preprocess = preprocess_spec(model.pretrained_cfg, dm.image_size)
+    fingerprint = backbone_fingerprint(model)  # hashed once for the three splits
+    cached: dict[str, Dataset] = {}
+    hits: dict[str, bool] = {}
     for split in ("train", "val", "test"):
-        feats, labels = extract_features(
-            model, dm.eval_dataloader(split), device=device, desc=f"features {split}", progress=progress
+        samples = getattr(dm.splits, split)
+        if not samples:
+            cached[split] = TensorDataset(torch.zeros(0, model.num_features), torch.zeros(0, dtype=torch.long))
+            continue
+        cached[split], hits[split] = cached_features(
+            model, dm.eval_dataloader(split), samples, preprocess=preprocess, device=device,
+            cache_dir=cfg.feature_cache_dir, fingerprint=fingerprint, desc=f"features {split}",
+            progress=progress,
         )
-        cached[split] = TensorDataset(feats, labels)
-    return cached, time.perf_counter() - start
+    return cached, time.perf_counter() - start, hits
+
+
+def _fit_head_lbfgs(module: FinetuneModule, cached: dict[str, Dataset], cfg: RunConfig,
+                    phase: Phase, ckpt_dir: Path, *, has_val: bool,
+                    class_weights: torch.Tensor | None) -> HeadFit:
+    """``--head-fit lbfgs``: the head as a logistic regression, C chosen on val; then
+    best.ckpt / last.ckpt written by Lightning as a trained phase would write them."""
+    model = module.model
+    check_linear_head(model.get_classifier())
+    fit = fit_logistic_head(cached["train"], cached["val"] if has_val else None,
+                            num_classes=len(module.classes), class_weights=class_weights,
+                            label_smoothing=cfg.label_smoothing)
+    fit.apply_to(model.get_classifier())
+    chosen = fit.best_row()
+    module.history = [{"epoch": 0, "phase": phase.name, "lr": None, "C": fit.C,
+                       **{k: chosen[k] for k in ("train_loss", "train_accuracy", "val_loss",
+                                                 "val_accuracy") if k in chosen}}]
+    with quiet_lightning():
+        trainer, _ = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=False)
+        # Nothing to fit step by step: attach the module as fit() would, so that Lightning
+        # (its CheckpointIO, rank-0-only saving) writes the checkpoints in the usual format.
+        trainer.strategy.connect(module)
+        module.trainer = trainer
+        for name in ("best.ckpt", "last.ckpt"):
+            trainer.save_checkpoint(ckpt_dir / name)
+    return fit
 
 
 # ---------------------------------------------------------------------- the run
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> RunResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Under DDP every rank runs this function; only global rank 0 writes the run folder,
+    # evaluates and reports. The others split the data identically (same seed) and train.
+    rank0 = global_rank() == 0
+    progress = progress and rank0
+    spawn = cfg.distributed == "ddp_spawn"
     run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
-    _check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if rank0:
+        _check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data_path = resolve_data(cfg.data)
 
     splits_path = run_dir / "splits.json"
     if resume and splits_path.is_file():
         splits = load_splits(splits_path)
+        check_resume_data(splits, data_path)  # classes changed: explained, never re-indexed
     else:
         splits = discover(data_path, val_fraction=cfg.val_fraction,
                           test_fraction=cfg.test_fraction, seed=cfg.seed)
@@ -209,37 +267,62 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     model = build_model(cfg, len(classes))
     weights_source = model.weights_source  # loading the best checkpoint later overwrites it
     log.info("Backbone %s: weights from %s.", model.variant, weights_source)
+    recommended = cfg.strategy == "auto"
+    if recommended:
+        # The recommender measures the checkpoint on train + val and picks the strategy;
+        # flags the user gave win. recommendation.json goes to the run folder.
+        from .recommend import resolve_auto
+
+        cfg, _ = resolve_auto(cfg, splits, model, run_dir, resume=resume, write=rank0)
     phases = plan(cfg, model)
     image_size = cfg.image_size or model.pretrained_cfg.image_size
     _check_image_size(model, image_size)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_splits(splits, splits_path)
-    save_config(cfg, run_dir / "config.yaml")
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_splits(splits, splits_path)
+        save_config(cfg, run_dir / "config.yaml")
 
     class_weights = class_weights_for(cfg, splits.counts("train"))
     device = select_device(cfg)
+    if device.type == "cuda":
+        # NHWC lets cuDNN use tensor-core kernels without layout transposes (bf16 mixed).
+        model = model.to(memory_format=torch.channels_last)
     num_workers = _num_workers(cfg)
     has_val = bool(splits.val)
 
     history: list[dict] = []
-    cached: dict[str, TensorDataset] | None = None
+    cached: dict[str, Dataset] | None = None
+    cache_hits: dict[str, bool] = {}
+    head_fits: list[dict] = []
+    world_size = int(os.environ.get("WORLD_SIZE", 1))  # torchrun's; Lightning's after a fit
     extraction_s = 0.0
     images_trained = 0
     start = time.perf_counter()
     module: FinetuneModule | None = None
+    ckpt_dirs = [run_dir / "checkpoints" if i == len(phases) - 1 else run_dir / "checkpoints" / p.name
+                 for i, p in enumerate(phases)]
+    # A resume continues the latest phase with a checkpoint; earlier phases finished (lp-ft's
+    # probe is not redone: the later checkpoint holds the whole model).
+    first_phase = resume_start(ckpt_dirs) if resume else 0
     for i, phase in enumerate(phases):
-        last_phase = i == len(phases) - 1
-        ckpt_dir = run_dir / "checkpoints" if last_phase else run_dir / "checkpoints" / phase.name
+        ckpt_dir = ckpt_dirs[i]
+        if i < first_phase:
+            log.info("Phase '%s' finished before the interruption; not redone.", phase.name)
+            history.extend(saved_history(ckpt_dir))
+            continue
         dm = FinetuneDataModule(
             splits, model.pretrained_cfg, image_size=image_size, augment=phase.augment,
             batch_size=cfg.batch_size, num_workers=num_workers, seed=cfg.seed, hflip=cfg.hflip,
+            normalize_on_device=device.type == "cuda",
         )
         dm.setup("fit")
         if phase.feature_cache:
             if cached is None:
-                cached, extraction_s = _feature_loaders(model, dm, cfg, device, progress)
-            generator = torch.Generator().manual_seed(cfg.seed)
+                cached, extraction_s, cache_hits = _feature_loaders(model, dm, cfg, device, progress)
+            # ddp_spawn pickles the loaders into new processes, which a torch.Generator
+            # cannot enter; there Lightning's DistributedSampler shuffles from the seed anyway.
+            generator = None if spawn else torch.Generator().manual_seed(cfg.seed)
             train_loader = DataLoader(cached["train"], batch_size=cfg.batch_size, shuffle=True,
                                       generator=generator)
             val_loader = DataLoader(cached["val"], batch_size=1024)
@@ -247,15 +330,37 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             train_loader, val_loader = dm.train_dataloader(), dm.val_dataloader()
 
         module = FinetuneModule(model, phase, cfg, classes=classes, class_weights=class_weights)
+        if phase.feature_cache and cfg.head_fit == "lbfgs":
+            fit = _fit_head_lbfgs(module, cached, cfg, phase, ckpt_dir, has_val=has_val,
+                                  class_weights=class_weights)
+            head_fits.append({"phase": phase.name, "method": "lbfgs", "C": fit.C,
+                              "time_s": round(fit.time_s, 3), "sweep": fit.sweep})
+            images_trained += len(cached["train"])  # each through the backbone once
+            history.extend(module.history)
+            continue
         log.info("%s", phase.describe(model))
         ckpt_path = ckpt_dir / "last.ckpt"
         resume_from = str(ckpt_path) if resume and ckpt_path.is_file() else None
         if resume_from:
             log.info("Resuming phase '%s' from %s.", phase.name, ckpt_path)
+        rows_before = len(saved_history(ckpt_dir)) if resume_from else 0
         with quiet_lightning():
             trainer, checkpoint = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=progress)
-            trainer.fit(module, train_loader, val_loader if has_val else None, ckpt_path=resume_from)
-        images_trained += module.images_seen
+            if spawn and not phase.feature_cache:
+                # Each spawned process builds its own loaders (their samplers hold a generator).
+                trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
+            else:
+                trainer.fit(module, train_loader, val_loader if has_val else None,
+                            ckpt_path=resume_from)
+        if spawn:
+            # The fit ran in child processes: its history comes back through last.ckpt.
+            module.history = saved_history(ckpt_dir)
+            epochs = len(module.history) - rows_before
+            images_trained += epochs * len(train_loader.dataset)
+        else:
+            # Each DDP rank counted its own shard; the shards are equal (DistributedSampler).
+            images_trained += module.images_seen * trainer.world_size
+        world_size = trainer.world_size
         history.extend(module.history)
         best = checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
         if best:
@@ -264,6 +369,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     train_time = time.perf_counter() - start
 
     assert module is not None
+    if not rank0:
+        return RunResult(run_dir=run_dir, metrics={}, is_global_zero=False)
     metrics = _evaluate(module, model, cfg, splits, dm, cached, device, progress)
     metrics.update(
         backbone=model.variant,
@@ -284,6 +391,15 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         class_weighted_loss=class_weights is not None,
         skipped_files=list(splits.skipped),
     )
+    if recommended:
+        metrics["recommended_by"] = "auto"
+    if cache_hits:
+        metrics["feature_cache"] = {"hits": cache_hits, "extraction_s": round(extraction_s, 3)}
+    if head_fits:
+        metrics["head_fit"] = head_fits[-1] if len(head_fits) == 1 else head_fits
+    if cfg.distributed != "auto" or cfg.num_nodes > 1:
+        metrics["distributed"] = {"strategy": cfg.distributed, "num_nodes": cfg.num_nodes,
+                                  "world_size": world_size}
     metrics = _ordered(metrics)
     atomic_write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir, metrics, history, classes, config=cfg.to_dict())

@@ -14,6 +14,19 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache_dir(tmp_path_factory):
+    """Cached features (finetune/feature_cache.py) go to the session's temporary folder,
+    never the user's ~/.cache; child processes inherit it through the environment."""
+    before = os.environ.get("FINETUNE_CACHE_DIR")
+    os.environ["FINETUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FINETUNE_CACHE_DIR", None)
+    else:
+        os.environ["FINETUNE_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def photos_dir(tmp_path_factory):
     """The built-in natural-photo dataset, small: real crops of scikit-image's photos."""

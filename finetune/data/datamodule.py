@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import cv2
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
@@ -82,6 +83,7 @@ class FinetuneDataModule(pl.LightningDataModule):
         balanced_sampling: bool = False,
         seed: int = 0,
         hflip: bool = True,
+        normalize_on_device: bool = False,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -99,9 +101,13 @@ class FinetuneDataModule(pl.LightningDataModule):
         self.seed = seed
         # Built now, not in setup, so a bad level or size fails before any training starts.
         self.train_transform = build_transform(
-            pretrained_cfg, image_size=image_size, train=True, level=augment, seed=seed, hflip=hflip
+            pretrained_cfg, image_size=image_size, train=True, level=augment, seed=seed, hflip=hflip,
+            normalize=not normalize_on_device,
         )
-        self.eval_transform = build_transform(pretrained_cfg, image_size=image_size, train=False)
+        # normalize_on_device: batches stay uint8; the model side calls normalize_batch.
+        self.eval_transform = build_transform(
+            pretrained_cfg, image_size=image_size, train=False, normalize=not normalize_on_device
+        )
         self.draft_size = jpeg_draft_size(pretrained_cfg, image_size)
         self.datasets: dict[str, ImageDataset] = {}
 
@@ -130,6 +136,12 @@ class FinetuneDataModule(pl.LightningDataModule):
         return self.datasets[split]
 
     def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
+        if self.num_workers > 0:
+            # Each worker is already one of many parallel processes: OpenCV's own thread
+            # pool (a thread per core by default) would oversubscribe the CPU. Set here in
+            # the parent, before the fork: calling it inside a forked worker deadlocks on
+            # the parent's pool, which the child inherited without its threads.
+            cv2.setNumThreads(1)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

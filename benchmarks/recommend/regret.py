@@ -1,0 +1,266 @@
+"""Regret of the recommender and of the baselines, from the oracle table.
+
+    python benchmarks/recommend/regret.py                                   # full sweep
+    python benchmarks/recommend/regret.py --csv benchmarks/recommend/results/oracle-pilot.csv \\
+        --out benchmarks/recommend/results/regret-pilot
+
+Per (task, size) cell: each arm's accuracy is its test accuracy at the learning rate that
+was best on *validation*, averaged over seeds; the oracle is the best arm. A method's
+regret on a cell is oracle accuracy minus the accuracy of the arm it picks, in points.
+
+Methods:
+* recommender, thresholds calibrated leave-one-task-out: for each task, the thresholds
+  that minimise mean regret on the *other* tasks (all their sizes) decide its cells;
+* recommender with the default thresholds (finetune.recommend.Thresholds);
+* always-linear, always-full, always-lp-ft;
+* the plain 2x2 rule: amount split at the median images per class and similarity at the
+  median penultimate probe accuracy (medians of the other tasks' cells, as above);
+  little+similar -> linear, large+similar -> partial (the backbone's default, 2 stages),
+  large+different -> full, little+different -> linear (DESIGN.md's "trouble" cell);
+* one epoch each: linear, partial-2, full and lp-ft, keep the one with the best
+  validation accuracy after one epoch of its (final) phase; linear's whole run costs
+  less CPU than one epoch of the others, so it is scored by its final validation
+  accuracy ("equal CPU time"). Its CPU column adds the probes to the final run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import json
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from finetune.recommend import Thresholds, decide
+
+CANDIDATES_ONE_EPOCH = ("linear", "partial-2", "full", "lp-ft")
+DEFAULT_PARTIAL = "partial-2"  # EfficientNet-Lite0's default_unfreeze
+# The thresholds calibrated leave-one-task-out, and their grids (defaults included).
+GRID = {
+    "little_per_class": (10.0, 25.0, 50.0, 100.0),
+    "similar_score": (0.5, 0.6, 0.7, 0.8),
+    "headroom": (0.0, 0.02, 0.05),
+    "lpft_kappa": (0.4, 0.6, 0.8),
+}
+
+Cell = tuple[str, int]  # (task, size)
+
+
+def read_rows(csv_paths: list[Path]) -> list[dict]:
+    """The ok rows of every CSV (parallel oracle processes each write their own)."""
+    rows = []
+    for path in csv_paths:
+        with open(path, newline="") as f:
+            rows += [row for row in csv.DictReader(f) if row["status"] == "ok"]
+    return rows
+
+
+def load_oracle(rows: list[dict]) -> dict[Cell, dict[str, dict]]:
+    """cell -> arm -> {"acc", "cpu", "val", "val1", "epochs"}: lr chosen on val per seed,
+    then means over seeds."""
+    runs: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        runs[(row["task"], int(row["size"]), row["arm"], int(row["seed"]))].append(row)
+    per_seed: dict[tuple, list[dict]] = defaultdict(list)
+    for (task, size, arm, _seed), rows in runs.items():
+        best = max(rows, key=lambda r: float(r["val_accuracy"]))  # first on ties: grid order
+        per_seed[(task, size, arm)].append(best)
+    table: dict[Cell, dict[str, dict]] = defaultdict(dict)
+    for (task, size, arm), rows in per_seed.items():
+        val1 = [float(r["val_accuracy_epoch1"]) for r in rows if r["val_accuracy_epoch1"] not in ("", None)]
+        table[(task, size)][arm] = {
+            "acc": statistics.mean(float(r["test_accuracy"]) for r in rows),
+            "cpu": statistics.mean(float(r["cpu_s"]) for r in rows),
+            "val": statistics.mean(float(r["val_accuracy"]) for r in rows),
+            "val1": statistics.mean(val1) if val1 else None,
+            "epochs": int(rows[0]["epochs"]),
+            "seeds": len(rows),
+        }
+    return dict(table)
+
+
+def load_signals(signals_dir: Path, cells: list[Cell]) -> dict[Cell, dict]:
+    out = {}
+    for task, size in cells:
+        path = signals_dir / f"{task}-{size}.json"
+        if path.is_file():
+            out[(task, size)] = json.loads(path.read_text())
+    return out
+
+
+def arm_of(strategy: str, unfreeze: int | None) -> str:
+    if strategy in ("partial", "surgical"):
+        return f"{strategy}-{min(3, max(1, int(unfreeze or 1)))}"
+    return strategy
+
+
+def recommended_arm(rec: dict, thr: Thresholds) -> str:
+    d = decide(rec["similarity"], rec["stats"], thr)
+    return arm_of(d.strategy, d.unfreeze)
+
+
+def regret_of(table: dict, picks: dict[Cell, str]) -> dict[Cell, float]:
+    out = {}
+    for cell, arm in picks.items():
+        arms = table[cell]
+        if arm in arms:
+            out[cell] = 100.0 * (max(a["acc"] for a in arms.values()) - arms[arm]["acc"])
+    return out
+
+
+def summary(regrets: dict[Cell, float], picks: dict[Cell, str], table: dict, extra_cpu=None) -> dict:
+    values = list(regrets.values())
+    if not values:
+        return {"cells": 0}
+    cpu = [table[c][picks[c]]["cpu"] + (extra_cpu or {}).get(c, 0.0) for c in regrets]
+    return {
+        "cells": len(values),
+        "mean": statistics.mean(values),
+        "median": statistics.median(values),
+        "worst": max(values),
+        "hit_rate": sum(v <= 1e-9 for v in values) / len(values),
+        "mean_cpu_s": statistics.mean(cpu),
+    }
+
+
+def _thresholds_grid(base: Thresholds):
+    keys = list(GRID)
+    for values in itertools.product(*(GRID[k] for k in keys)):
+        yield replace(base, **dict(zip(keys, values, strict=True)))
+
+
+def _distance(thr: Thresholds, base: Thresholds) -> float:
+    # Ties in training regret go to the thresholds closest to the defaults (relative change).
+    return sum(abs(getattr(thr, k) - getattr(base, k)) / (abs(getattr(base, k)) or 1.0) for k in GRID)
+
+
+def calibrate(table: dict, signals: dict, cells: list[Cell], base: Thresholds) -> Thresholds:
+    best, best_key = base, None
+    for thr in _thresholds_grid(base):
+        picks = {c: recommended_arm(signals[c], thr) for c in cells}
+        regrets = regret_of(table, picks)
+        if not regrets:
+            continue
+        key = (statistics.mean(regrets.values()), _distance(thr, base))
+        if best_key is None or key < best_key:
+            best, best_key = thr, key
+    return best
+
+
+def leave_one_task_out(table: dict, signals: dict, cells: list[Cell]) -> tuple[dict, dict]:
+    picks, chosen = {}, {}
+    tasks = sorted({t for t, _ in cells})
+    for task in tasks:
+        train = [c for c in cells if c[0] != task]
+        thr = calibrate(table, signals, train, Thresholds()) if train else Thresholds()
+        chosen[task] = {k: getattr(thr, k) for k in GRID}
+        for c in cells:
+            if c[0] == task:
+                picks[c] = recommended_arm(signals[c], thr)
+    return picks, chosen
+
+
+def two_by_two(table: dict, signals: dict, cells: list[Cell]) -> dict[Cell, str]:
+    picks = {}
+    for cell in cells:
+        others = [c for c in cells if c[0] != cell[0]] or cells
+        amount_line = statistics.median(signals[c]["stats"]["per_class_median"] for c in others)
+        probe_line = statistics.median(signals[c]["similarity"]["probe_accuracy"] for c in others)
+        little = signals[cell]["stats"]["per_class_median"] < amount_line
+        similar = signals[cell]["similarity"]["probe_accuracy"] >= probe_line
+        picks[cell] = "linear" if little else (DEFAULT_PARTIAL if similar else "full")
+    return picks
+
+
+def one_epoch_each(table: dict, cells: list[Cell]) -> tuple[dict[Cell, str], dict[Cell, float]]:
+    picks, probe_cpu = {}, {}
+    for cell in cells:
+        arms = table[cell]
+        scored = []
+        for arm in CANDIDATES_ONE_EPOCH:
+            if arm not in arms:
+                continue
+            a = arms[arm]
+            score = a["val"] if arm == "linear" else a["val1"]
+            if score is not None:
+                scored.append((score, -CANDIDATES_ONE_EPOCH.index(arm), arm))
+        if not scored:
+            continue
+        picks[cell] = max(scored)[2]
+        # One epoch of each candidate: its run's CPU divided by its epochs, linear's whole run.
+        probe_cpu[cell] = sum(arms[a]["cpu"] / (1 if a == "linear" else max(1, arms[a]["epochs"]))
+                              for _, _, a in scored)
+    return picks, probe_cpu
+
+
+def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell], chosen: dict) -> str:
+    lines = ["| method | cells | mean regret | median | worst | hit rate | mean CPU s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, s in results.items():
+        if not s.get("cells"):
+            lines.append(f"| {name} | 0 | - | - | - | - | - |")
+            continue
+        lines.append(f"| {name} | {s['cells']} | {s['mean']:.2f} | {s['median']:.2f} | {s['worst']:.2f} | "
+                     f"{s['hit_rate']:.0%} | {s['mean_cpu_s']:.0f} |")
+    arms = sorted({a for c in cells for a in table[c]})
+    lines += ["", "| task | size | " + " | ".join(arms) + " | best | recommended (LOTO) |",
+              "|---|---:|" + "---:|" * len(arms) + "---|---|"]
+    for cell in cells:
+        row = table[cell]
+        best = max(row, key=lambda a: row[a]["acc"])
+        rec = picks_by_method.get("recommender (LOTO)", {}).get(cell, "-")
+        accs = " | ".join(f"{100 * row[a]['acc']:.1f}" if a in row else "-" for a in arms)
+        lines.append(f"| {cell[0]} | {cell[1]} | {accs} | {best} | {rec} |")
+    lines += ["", "Thresholds chosen leave-one-task-out (each used only on the task named):", ""]
+    for task, thr in chosen.items():
+        lines.append(f"- {task}: " + ", ".join(f"{k}={v:g}" for k, v in thr.items()))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description="Regret of the recommender and the baselines.")
+    parser.add_argument("--csv", nargs="+", default=[str(here / "results" / "oracle.csv")],
+                        help="oracle CSV(s); several when the sweep ran as parallel processes")
+    parser.add_argument("--signals-dir", default=str(here / "results" / "signals"))
+    parser.add_argument("--out", default=str(here / "results" / "regret"),
+                        help="writes OUT.md and OUT.json")
+    args = parser.parse_args(argv)
+    table = load_oracle(read_rows([Path(p) for p in args.csv]))
+    signals = load_signals(Path(args.signals_dir), sorted(table))
+    cells = sorted(c for c in table if c in signals)
+    if not cells:
+        sys.exit(f"No cell of {', '.join(args.csv)} has signals in {args.signals_dir}; run oracle.py first.")
+
+    picks_by_method: dict[str, dict[Cell, str]] = {}
+    picks_by_method["recommender (LOTO)"], chosen = leave_one_task_out(table, signals, cells)
+    picks_by_method["recommender (default thresholds)"] = {c: recommended_arm(signals[c], Thresholds())
+                                                           for c in cells}
+    for arm in ("linear", "full", "lp-ft"):
+        picks_by_method[f"always {arm}"] = {c: arm for c in cells}
+    picks_by_method["2x2 rule (median split)"] = two_by_two(table, signals, cells)
+    one_epoch, probe_cpu = one_epoch_each(table, cells)
+    picks_by_method["one epoch each, keep the best"] = one_epoch
+    results = {}
+    for name, picks in picks_by_method.items():
+        extra = probe_cpu if name.startswith("one epoch") else None
+        results[name] = summary(regret_of(table, picks), picks, table, extra)
+    text = markdown(results, table, picks_by_method, cells, chosen)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text + "\n")
+    out.with_suffix(".json").write_text(json.dumps({
+        "results": results,
+        "picks": {name: {f"{t}-{s}": a for (t, s), a in picks.items()} for name, picks in picks_by_method.items()},
+        "thresholds_loto": chosen,
+        "oracle": {f"{t}-{s}": arms for (t, s), arms in table.items()},
+    }, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

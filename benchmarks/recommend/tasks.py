@@ -1,0 +1,215 @@
+"""The recommender benchmark's target tasks, built offline from real images.
+
+    python benchmarks/recommend/tasks.py --root datasets/recommend-bench            # all
+    python benchmarks/recommend/tasks.py --tasks digits photos-blur --sizes 5
+
+Eight tasks, chosen to cover both columns of the grid and both kinds of shift:
+
+    photos        crops of scikit-image's photographs (finetune's builtin:photos): near ImageNet
+    digits        scikit-learn's 8x8 handwritten digits, upscaled, grey (builtin:digits): far
+    glyphs        letters A-J in matplotlib's fonts, random colours/angles (builtin:glyphs): far
+    textures      crops of texture and scientific images (brick, grass, gravel, the moon,
+                  Hubble deep field, IHC microscopy, a retina, printed text): textures, mid-far
+    faces         LFW faces vs. non-faces (scikit-image's lfw_subset.npy, 25x25 grey): far
+    photos-blur   the photos, Gaussian blur sigma 2.5 px at 96 px  } input-level shift: the
+    photos-noise  the photos, Gaussian noise sigma 40/255           } content is ImageNet-like,
+    photos-colour the photos, channels permuted and gamma 0.5       } the pixels are not
+
+Each task is written at each size as split folders that ``finetune run`` reads:
+
+    <root>/<task>/<size>/train/<class>/*.png   size images per class (5, 20, 100)
+    <root>/<task>/<size>/val/<class>/*.png     max(2, ceil(size / 4)) per class: for choosing lr
+    <root>/<task>/<size>/test/<class>/*.png    20 per class, the same images at every size
+
+Sizes are nested (the 5 training images are among the 20, which are among the 100), and
+the test images never change with the size, so accuracies across sizes are comparable.
+LFW has 100 images per class: its largest size is 60. Images are 96 px (the benchmark
+trains at 96 px to fit a CPU budget; see docs/recommend.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from finetune.data.builtin import build_dataset
+
+SIZES = (5, 20, 100)
+TEST_PER_CLASS = 20
+IMAGE_PX = 96
+MAX_SIZE = {"faces": 60}  # lfw_subset has 100 images per class
+
+# Texture and scientific images of scikit-image's data folder, one class each.
+TEXTURE_SOURCES = {
+    "brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png", "moon": "moon.png",
+    "hubble": "hubble_deep_field.jpg", "ihc": "ihc.png", "retina": "retina.jpg", "text": "page.png",
+}
+
+Arrays = dict[str, list[np.ndarray]]  # class -> (H, W, 3) uint8 images
+
+
+def _skimage_data() -> Path:
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("The benchmark tasks need scikit-image: pip install scikit-image")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _val_count(size: int) -> int:
+    return max(2, math.ceil(size / 4))
+
+
+def _needed(task: str) -> int:
+    largest = MAX_SIZE.get(task, max(SIZES))
+    return TEST_PER_CLASS + _val_count(largest) + largest
+
+
+def _read_folder(path: Path) -> Arrays:
+    out: Arrays = {}
+    for class_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = sorted(class_dir.glob("*.png"), key=lambda p: int(p.stem))
+        out[class_dir.name] = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    return out
+
+
+def _builtin(name: str, per_class: int, seed: int) -> Arrays:
+    with tempfile.TemporaryDirectory() as tmp:
+        # digits: per_class caps scikit-learn's ~180 images per class.
+        return _read_folder(build_dataset(name, root=tmp, per_class=per_class, seed=seed, size=IMAGE_PX))
+
+
+def _crop(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """A square crop of 25-60 % of the shorter side at a random place, resized to IMAGE_PX."""
+    w, h = image.size
+    side = rng.uniform(0.25, 0.6) * min(w, h)
+    x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
+    crop = image.resize((IMAGE_PX, IMAGE_PX), Image.Resampling.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
+    return np.asarray(crop.convert("RGB"), dtype=np.uint8)
+
+
+def _textures(per_class: int, seed: int) -> Arrays:
+    data = _skimage_data()
+    out: Arrays = {}
+    for i, (name, file) in enumerate(sorted(TEXTURE_SOURCES.items())):
+        image = Image.open(data / file).convert("RGB")
+        rng = np.random.default_rng([seed, i])
+        out[name] = [_crop(image, rng) for _ in range(per_class)]
+    return out
+
+
+def _faces(per_class: int, seed: int) -> Arrays:
+    # "The 100 first images are faces and the subsequent 100 are non-faces" (scikit-image).
+    grey = np.load(_skimage_data() / "lfw_subset.npy")  # (200, 25, 25) float in [0, 1]
+    out: Arrays = {}
+    for name, rows in (("face", grey[:100]), ("non-face", grey[100:])):
+        order = np.random.default_rng([seed, len(name)]).permutation(len(rows))[:per_class]
+        out[name] = [
+            np.asarray(Image.fromarray(np.uint8(np.rint(rows[i] * 255)), mode="L")
+                       .resize((IMAGE_PX, IMAGE_PX), Image.Resampling.BICUBIC).convert("RGB"))
+            for i in order
+        ]
+    return out
+
+
+def _corrupt(kind: str) -> Callable[[int, int], Arrays]:
+    def make(per_class: int, seed: int) -> Arrays:
+        photos = _builtin("photos", per_class, seed)
+        rng = np.random.default_rng([seed, 7])
+        out: Arrays = {}
+        for name, images in photos.items():
+            out[name] = [_apply(kind, im, rng) for im in images]
+        return out
+    return make
+
+
+def _apply(kind: str, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    if kind == "blur":
+        return np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(2.5)))
+    if kind == "noise":
+        noisy = image.astype(np.float64) + rng.normal(0.0, 40.0, image.shape)
+        return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if kind == "colour":
+        # B, R, G order and gamma 0.5: a cast no camera makes, on unchanged content.
+        shifted = 255.0 * (image[..., [2, 0, 1]].astype(np.float64) / 255.0) ** 0.5
+        return np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
+    raise ValueError(f"Unknown corruption '{kind}'.")
+
+
+TASKS: dict[str, Callable[[int, int], Arrays]] = {
+    "photos": lambda n, seed: _builtin("photos", n, seed),
+    "digits": lambda n, seed: _builtin("digits", n, seed),
+    "glyphs": lambda n, seed: _builtin("glyphs", n, seed),
+    "textures": _textures,
+    "faces": _faces,
+    "photos-blur": _corrupt("blur"),
+    "photos-noise": _corrupt("noise"),
+    "photos-colour": _corrupt("colour"),
+}
+
+
+def task_sizes(task: str, sizes: tuple[int, ...] = SIZES) -> list[int]:
+    return sorted({min(s, MAX_SIZE.get(task, s)) for s in sizes})
+
+
+def build_task(task: str, root: str | Path, *, sizes: tuple[int, ...] = SIZES, seed: int = 0) -> dict[int, Path]:
+    """Write ``root/task/<size>/{train,val,test}`` for each size; reuse a finished build."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task '{task}'. Valid: {', '.join(TASKS)}.")
+    root = Path(root)
+    wanted = task_sizes(task, sizes)
+    marker = root / task / ".built.json"
+    params = {"task": task, "seed": seed, "px": IMAGE_PX, "test": TEST_PER_CLASS, "version": 1}
+    done = json.loads(marker.read_text()) if marker.is_file() else {}
+    if done.get("params") == params and set(wanted) <= set(done.get("sizes", [])):
+        return {s: root / task / str(s) for s in wanted}
+    arrays = TASKS[task](_needed(task), seed)
+    short = {c: len(v) for c, v in arrays.items() if len(v) < _needed(task)}
+    if short:
+        raise RuntimeError(f"Task '{task}' has too few images per class for its sizes: {short}.")
+    paths = {}
+    for size in wanted:
+        target = root / task / str(size)
+        shutil.rmtree(target, ignore_errors=True)
+        n_val = _val_count(size)
+        for name, images in arrays.items():
+            parts = {"test": images[:TEST_PER_CLASS],
+                     "val": images[TEST_PER_CLASS:TEST_PER_CLASS + n_val],
+                     # The val pool is sized for the largest size, so train stays nested.
+                     "train": images[TEST_PER_CLASS + _val_count(MAX_SIZE.get(task, max(SIZES))):][:size]}
+            for split, items in parts.items():
+                folder = target / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, array in enumerate(items):
+                    Image.fromarray(array).save(folder / f"{i}.png", compress_level=1)
+        paths[size] = target
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"params": params, "sizes": sorted(set(wanted) | set(done.get("sizes", [])))
+                                  if done.get("params") == params else wanted}) + "\n")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default="datasets/recommend-bench")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for task in args.tasks:
+        for size, path in build_task(task, args.root, sizes=tuple(args.sizes), seed=args.seed).items():
+            classes = sorted(p.name for p in (path / "train").iterdir())
+            print(f"{task} {size}/class: {path} ({len(classes)} classes)", file=sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,415 @@
+"""``finetune recommend``: place the data on the strategy grid from what the pretrained
+network itself says about it, then refine the cell into a strategy and a command.
+
+    rec = recommend("my_images", "efficientnet_lite0")
+    print(rec.format())            # strategy, cell, evidence, thresholds, hyperparameters
+    rec.to_json()["command"]       # finetune run --data my_images ... --strategy partial ...
+
+The grid (DESIGN.md): amount (little / large) x similarity to the pretraining data
+(similar / different). Amount is counted; similarity is measured (recommend_signals.py):
+
+* how far the data's activations sit from the BatchNorm statistics stored in the
+  checkpoint, per stage, and how much of that shift is left once the first stages'
+  statistics are re-estimated on the data (AdaBN): what is left is semantic shift;
+* how well a linear classifier separates the classes on frozen features of each stage.
+
+``decide`` turns the signals into a strategy. It is a pure function of the signals and
+the ``Thresholds``, so the benchmark (benchmarks/recommend/) can re-decide every task
+under thresholds calibrated on the *other* tasks without measuring anything again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .recommend_plan import Plan, evidence, format_recommendation, plan_hyperparameters
+
+log = logging.getLogger("finetune")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the decision's lines are drawn. Starting values come from the reasons in
+    the comments and the pilot tasks of docs/recommend.md; the benchmark recalibrates
+    them leave-one-task-out (benchmarks/recommend/regret.py), never on the scored task."""
+
+    # Amount: median images per class (all of the data) below this is "little". The
+    # benchmark's sizes are 5, 20 and 100+ per class; 50 sits between 20 and 100 (their
+    # geometric mean is 45), and below it most published fine-tuning gains vanish.
+    little_per_class: float = 50.0
+    # Little + different and below this per class: even lp-ft memorises the training
+    # images, so the frozen features (a linear head) are the safer bet.
+    very_little_per_class: float = 10.0
+    # Similarity score = probe_weight * kappa + (1 - probe_weight) * exp(-shift / shift_scale),
+    # kappa = (probe accuracy - chance) / (1 - chance), shift = the later stages' BN shift
+    # left after early AdaBN (symmetric KL). Equal weights: neither signal is trusted alone
+    # (digits probe at 91 % yet sit far from ImageNet's statistics).
+    probe_weight: float = 0.5
+    # Pilot at 96 px: clean photo crops 0.2, blurred / noisy copies 0.35, digits and
+    # glyphs 1.0; a scale of 1.0 maps these to 0.8, 0.7 and 0.37.
+    shift_scale: float = 1.0
+    similar_score: float = 0.7  # at or above: "similar" (pilot: photos 0.9, digits 0.63)
+    similar_kappa_no_bn: float = 0.8  # no BatchNorm: kappa alone decides
+    # Probe error below this: the frozen features already separate the classes, so no
+    # fine-tuning can gain more than this; `linear` whatever the amount.
+    headroom: float = 0.02
+    # Probe accuracies within this of the best count as "stopped rising" with depth.
+    plateau: float = 0.01
+    # Input-level (pixel) shift, the case for surgical fine-tuning (Lee et al. 2022):
+    # early AdaBN removes at least `pixel_shift` of the later stages' shift, that is at
+    # least `pixel_share` of it, and what remains is below `semantic_hot`.
+    pixel_shift: float = 0.3
+    pixel_share: float = 0.4
+    semantic_hot: float = 0.6  # also: a stage whose remaining shift exceeds this must train
+    # Large + different: features that already give kappa >= this give lp-ft's head a good
+    # start (Kumar et al. 2022); below it, plain full fine-tuning.
+    lpft_kappa: float = 0.6
+    # `partial` that would train more than this share of the stages becomes `full`.
+    full_share: float = 0.5
+
+    def to_json(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, float]) -> Thresholds:
+        unknown = set(obj) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown threshold(s) {sorted(unknown)}; valid: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}.")
+        return cls(**{k: float(v) for k, v in obj.items()})
+
+
+@dataclass
+class Decision:
+    strategy: str  # linear | partial | full | lp-ft | surgical
+    unfreeze: int | None  # partial: last K stages; surgical: first K stages
+    amount: str  # little | large
+    similarity: str  # similar | different
+    score: float  # the similarity score
+    input_level: bool  # early AdaBN removes most of the shift: pixels, not semantics
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def similarity_score(signals: dict, thr: Thresholds) -> float:
+    if not signals["has_batchnorm"]:
+        return float(signals["kappa"])
+    shift = signals["shift_later_after_early_adabn"]
+    return thr.probe_weight * signals["kappa"] + (1 - thr.probe_weight) * math.exp(-shift / thr.shift_scale)
+
+
+def _is_input_level(signals: dict, thr: Thresholds) -> bool:
+    if not signals["has_batchnorm"] or signals["shift_pixel"] is None:
+        return False
+    pixel, later = signals["shift_pixel"], signals["shift_later"]
+    remaining = signals["shift_later_after_early_adabn"]
+    return pixel >= thr.pixel_shift and pixel >= thr.pixel_share * later and remaining < thr.semantic_hot
+
+
+def _partial_k(signals: dict, thr: Thresholds) -> tuple[int, str]:
+    """How many last stages train: those after the depth where probe accuracy stops rising,
+    and every trailing stage whose shift stays above ``semantic_hot`` after early AdaBN."""
+    stages = signals["stages"]
+    probes = [s["probe_accuracy"] for s in stages]
+    top = max(p for p in probes if p is not None)
+    plateau_at = min(i for i, p in enumerate(probes) if p is not None and p >= top - thr.plateau)
+    k_probe = len(stages) - 1 - plateau_at
+    k_shift = 0
+    for s in reversed(stages):
+        after = s["shift_after_early_adabn"]
+        if after is None or after < thr.semantic_hot:
+            break
+        k_shift += 1
+    k = max(1, k_probe, k_shift)
+    why = (f"probe accuracy stops rising at {stages[plateau_at]['name']} "
+           f"({probes[plateau_at]:.2f}, best {top:.2f}): the {k_probe} stage(s) after it add no "
+           f"label information and are the ones to adapt")
+    if k_shift:
+        why += f"; the last {k_shift} stage(s) keep a shift above {thr.semantic_hot:g} after early AdaBN"
+    return k, why
+
+
+def decide(signals: dict, amount: dict, thr: Thresholds | None = None) -> Decision:
+    """The grid cell and the strategy, from the signals alone (no model, no images)."""
+    thr = thr or Thresholds()
+    num_stages = len(signals["stages"])
+    little = amount["per_class_median"] < thr.little_per_class
+    score = similarity_score(signals, thr)
+    line = thr.similar_score if signals["has_batchnorm"] else thr.similar_kappa_no_bn
+    similar = score >= line
+    input_level = _is_input_level(signals, thr)
+    d = Decision(strategy="linear", unfreeze=None, amount="little" if little else "large",
+                 similarity="similar" if similar else "different", score=score, input_level=input_level)
+    d.reasons.append(
+        f"amount: median {amount['per_class_median']:g} images per class "
+        f"{'<' if little else '>='} {thr.little_per_class:g} -> {d.amount}")
+    d.reasons.append(f"similarity: score {score:.2f} {'>=' if similar else '<'} {line:g} -> {d.similarity}")
+    error = 1.0 - signals["probe_accuracy"]
+    if error <= thr.headroom:
+        d.reasons.append(f"the frozen features already classify {signals['probe_accuracy']:.1%} of the "
+                         f"images (error {error:.1%} <= {thr.headroom:.0%}): fine-tuning has nothing to gain")
+        return d
+    if little:
+        if similar:
+            d.reasons.append("little + similar: a new head on frozen features")
+            return d
+        best = signals["best_stage_name"]
+        d.warnings.append(
+            f"Little data far from the pretraining data: expect about {signals['probe_accuracy']:.0%} "
+            f"accuracy (the frozen penultimate features, leave-one-out; chance {signals['chance']:.0%})"
+            + (f"; {best}'s features probe at {signals['best_stage_accuracy']:.0%}, so the earlier "
+               f"layers hold more of what this task needs" if best != signals["stages"][-1]["name"] else "")
+            + ". More labelled images are the "
+            f"surest gain: the learning curve rises {100 * signals['learning_curve_slope']:+.1f} points "
+            f"per doubling of the data.")
+        if amount["per_class_median"] < thr.very_little_per_class:
+            d.reasons.append(f"little + different, under {thr.very_little_per_class:g} images per class: "
+                             f"any fine-tuning memorises them; a linear head on frozen features")
+            return d
+        d.strategy = "lp-ft"
+        d.reasons.append("little + different: lp-ft (a linear head first, then gentle full fine-tuning) "
+                         "with strong augmentation")
+        return d
+    if input_level:
+        early = signals["early_stages"]
+        raw = [s["shift"] or 0.0 for s in signals["stages"][:early]]
+        d.strategy, d.unfreeze = "surgical", max(1, raw.index(max(raw)) + 1)
+        d.reasons.append(
+            f"input-level shift: re-estimating the first {early} stages' BN statistics removes "
+            f"{signals['shift_pixel']:.2f} of the later stages' {signals['shift_later']:.2f}; tune the "
+            f"first {d.unfreeze} stage(s), where it enters (surgical fine-tuning, Lee et al. 2022)")
+        return d
+    if similar:
+        k, why = _partial_k(signals, thr)
+        if k > thr.full_share * num_stages:
+            d.strategy = "full"
+            d.reasons.append(f"large + similar, but {why}: {k} of {num_stages} stages is more than "
+                             f"{thr.full_share:.0%} of them -> full")
+            return d
+        d.strategy, d.unfreeze = "partial", k
+        d.reasons.append(f"large + similar: partial, {why}")
+        return d
+    if signals["kappa"] >= thr.lpft_kappa:
+        d.strategy = "lp-ft"
+        d.reasons.append(f"large + different, yet the frozen features reach kappa {signals['kappa']:.2f} >= "
+                         f"{thr.lpft_kappa:g}: lp-ft keeps them from being distorted by a random head")
+        return d
+    d.strategy = "full"
+    d.reasons.append(f"large + different (kappa {signals['kappa']:.2f} < {thr.lpft_kappa:g}): fine-tune everything")
+    return d
+
+
+# --------------------------------------------------------------------------- the result
+@dataclass
+class Recommendation:
+    strategy: str
+    cell: dict[str, str]
+    stats: dict[str, Any]
+    similarity: dict[str, Any]
+    hyperparameters: dict[str, dict[str, Any]]  # name -> {"value", "reason"}
+    command: str
+    evidence: list[dict[str, Any]]  # {"signal", "value", "meaning"}
+    thresholds: dict[str, float]
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    backbone: str = ""
+    data: str = ""
+    estimated_minutes: float | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "cell": dict(self.cell),
+            "stats": self.stats,
+            "similarity": self.similarity,
+            "hyperparameters": self.hyperparameters,
+            "command": self.command,
+            "evidence": self.evidence,
+            "thresholds": self.thresholds,
+            "reasons": self.reasons,
+            "warnings": self.warnings,
+            "backbone": self.backbone,
+            "data": self.data,
+            "estimated_minutes": self.estimated_minutes,
+            "seconds": round(self.seconds, 2),
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Recommendation:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in names})
+
+    def run_flags(self) -> dict[str, Any]:
+        """The RunConfig values this recommendation sets (strategy included)."""
+        flags = {"strategy": self.strategy}
+        for key in ("unfreeze", "epochs", "lp_epochs", "lr", "augment"):
+            value = self.hyperparameters.get(key, {}).get("value")
+            if value is not None:
+                flags[key] = value
+        return flags
+
+    def format(self) -> str:
+        return format_recommendation(self)
+
+
+# --------------------------------------------------------------------------- entry points
+def recommend(
+    data: str | Path | Any,
+    backbone: str,
+    *,
+    budget_minutes: float | None = None,
+    seed: int = 0,
+    max_images: int = 500,
+    image_size: int | None = None,
+    weights: str = "pretrained",
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    batch_size: int = 32,
+    thresholds: Thresholds | None = None,
+    model: Any = None,
+    data_label: str | None = None,
+) -> Recommendation:
+    """Measure ``data`` with ``backbone``'s pretrained checkpoint and recommend a strategy.
+
+    ``data`` is what ``finetune run --data`` takes (a folder, a CSV, ``builtin:NAME``) or
+    a ``DataSplits``. It is split exactly as ``finetune run`` would split it (same seed and
+    fractions), and the probes never see the test split. ``model`` reuses an already
+    built backbone with its pretrained weights (any head).
+    """
+    from .data import DataSplits, discover
+    from .models import create_backbone
+
+    start = time.perf_counter()
+    thr = thresholds or Thresholds()
+    if isinstance(data, DataSplits):
+        splits = data
+        label = data_label or "DATA"
+    else:
+        from .train import resolve_data
+
+        label = data_label or str(data)
+        # verify=False: a recommendation reads a subsample; files that fail to decode
+        # there are skipped and counted. `finetune run` verifies every file.
+        splits = discover(resolve_data(str(data)), val_fraction=val_fraction,
+                          test_fraction=test_fraction, seed=seed, verify=False)
+    if weights == "none":
+        raise ValueError("The recommender measures the pretrained checkpoint (its BatchNorm "
+                         "statistics and features); --weights none has neither. Use "
+                         "'pretrained' or a weights file.")
+    if model is None:
+        explicit = None if weights == "pretrained" else weights
+        model = create_backbone(backbone, pretrained=explicit is None, weights=explicit)
+    size = image_size or model.pretrained_cfg.image_size
+
+    from .recommend_signals import amount_stats, measure
+
+    everything = splits.train + splits.val + splits.test
+    amount = amount_stats(everything, splits.classes, seed=seed)
+    amount["train_per_class_median"] = float(_median(splits.counts("train")))
+    amount["train_images"] = len(splits.train)
+    amount["val_images"] = len(splits.val)
+    amount["test_images"] = len(splits.test)
+    signals = measure(model, splits.train + splits.val, num_classes=len(splits.classes),
+                      image_size=size, max_images=max_images, batch_size=batch_size, seed=seed)
+    amount["grey_fraction"] = signals["grey_fraction"]
+    decision = decide(signals, amount, thr)
+    plan = plan_hyperparameters(decision, signals, amount, model=model, image_size=size,
+                                batch_size=batch_size, budget_minutes=budget_minutes)
+    command = build_command(label, backbone, plan, image_size=size,
+                            default_size=model.pretrained_cfg.image_size, weights=weights)
+    similarity = {
+        "score": round(decision.score, 4),
+        "threshold": thr.similar_score if signals["has_batchnorm"] else thr.similar_kappa_no_bn,
+        "input_level_shift": decision.input_level,
+        **{k: v for k, v in signals.items() if k not in ("grey_fraction", "skipped", "seconds")},
+    }
+    rec = Recommendation(
+        strategy=plan.strategy,
+        cell={"similarity": decision.similarity, "amount": decision.amount},
+        stats=amount,
+        similarity=similarity,
+        hyperparameters=plan.hyperparameters,
+        command=command,
+        evidence=evidence(signals, amount, decision, plan, thr),
+        thresholds=thr.to_json(),
+        reasons=decision.reasons + plan.reasons,
+        warnings=decision.warnings + plan.warnings + (
+            [f"{len(signals['skipped'])} sampled image(s) could not be decoded and were skipped."]
+            if signals["skipped"] else []),
+        backbone=getattr(model, "variant", backbone),
+        data=label,
+        estimated_minutes=plan.estimated_minutes,
+        seconds=time.perf_counter() - start,
+    )
+    return rec
+
+
+def _median(values: list[int]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2 if n else 0.0
+
+
+def build_command(data: str, backbone: str, plan: Plan, *, image_size: int, default_size: int,
+                  weights: str = "pretrained") -> str:
+    """The ``finetune run`` line that runs ``plan`` (every value explicit)."""
+    hp = {k: v["value"] for k, v in plan.hyperparameters.items()}
+    parts = ["finetune", "run", "--data", data, "--backbone", backbone, "--strategy", plan.strategy]
+    if weights != "pretrained":
+        parts += ["--weights", weights]
+    for key in ("unfreeze", "lp_epochs", "epochs", "lr", "augment"):
+        if hp.get(key) is not None:
+            value = hp[key]
+            parts += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    if image_size != default_size:
+        parts += ["--image-size", str(image_size)]
+    return shlex.join(parts)
+
+
+def apply_to_config(cfg: RunConfig, rec: Recommendation) -> RunConfig:
+    """``cfg`` with the recommendation filled in wherever the user kept the default:
+    a flag the user gave (any value other than RunConfig's default) wins."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    changes: dict[str, Any] = {}
+    for key, value in rec.run_flags().items():
+        if key == "strategy" or getattr(cfg, key) == defaults[key]:
+            changes[key] = value
+    return cfg.replace(**changes)
+
+
+def resolve_auto(cfg: RunConfig, splits: Any, model: Any, run_dir: Path, *,
+                 resume: bool = False, write: bool = True) -> tuple[RunConfig, Recommendation]:
+    """``--strategy auto``: the recommendation (reused from the run folder on --resume,
+    so the run continues the strategy its checkpoints were made with), applied to ``cfg``
+    and saved as ``run_dir/recommendation.json``."""
+    import json
+
+    from .io import atomic_write_json
+
+    saved = Path(run_dir) / "recommendation.json"
+    if resume and saved.is_file():
+        rec = Recommendation.from_json(json.loads(saved.read_text()))
+        log.info("Strategy auto: reusing %s (%s).", saved, rec.strategy)
+    else:
+        # recommend() probes train + val only: choosing a strategy is model selection.
+        rec = recommend(splits, cfg.backbone, seed=cfg.seed, image_size=cfg.image_size,
+                        batch_size=cfg.batch_size, model=model, data_label=cfg.data,
+                        weights=cfg.weights)
+        log.info("Strategy auto: %s (%s data, %s to the pretraining data). %s", rec.strategy,
+                 rec.cell["amount"], rec.cell["similarity"], " ".join(rec.reasons))
+        if write:
+            atomic_write_json(saved, rec.to_json())
+    return apply_to_config(cfg, rec), rec
+
+
+__all__ = ["Decision", "Recommendation", "Thresholds", "apply_to_config", "build_command", "decide",
+           "recommend", "resolve_auto", "similarity_score"]

@@ -1,0 +1,75 @@
+"""DDP through Lightning: a real 2-process CPU (gloo) job launched by torchrun, and the
+rank-0-only rule for everything outside ``trainer.fit``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import finetune.train
+from finetune.cli import main
+from finetune.config import ConfigError, RunConfig
+from finetune.train import run
+
+TINY = ["--backbone", "efficientnet_lite0", "--image-size", "32", "--epochs", "2",
+        "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "-q"]
+
+
+def test_other_ranks_write_and_print_nothing(photos_dir, tmp_path, monkeypatch):
+    """A rank other than 0 trains but leaves config, splits, metrics and report to rank 0."""
+    monkeypatch.setattr(finetune.train, "global_rank", lambda: 1)
+    out = tmp_path / "rank1"
+    result = CliRunner().invoke(main, ["run", "--data", str(photos_dir), "--output", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    for name in ("config.yaml", "splits.json", "metrics.json", "report"):
+        assert not (out / name).exists(), name
+
+
+def test_distributed_choices_are_checked():
+    with pytest.raises(ConfigError, match="Invalid distributed 'fsdp'.*auto, ddp, ddp_spawn"):
+        RunConfig(distributed="fsdp")
+    with pytest.raises(ConfigError, match="num_nodes must be a positive integer"):
+        RunConfig(num_nodes=0)
+
+
+def test_torchrun_two_process_ddp_on_cpu(photos_dir, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "FINETUNE_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "finetune", "run", "--data", str(photos_dir), "--output", str(out),
+           "--devices", "2", "--distributed", "ddp", *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Rank 0 alone printed the result, wrote one metrics.json and one report.
+    assert proc.stdout.count("test accuracy") == 1, proc.stdout
+    assert list(out.rglob("metrics.json")) == [out / "metrics.json"]
+    assert len(list(out.rglob("summary.md"))) == 1
+    assert (out / "checkpoints" / "best.ckpt").is_file() and (out / "checkpoints" / "last.ckpt").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["distributed"] == "ddp"
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["distributed"] == {"strategy": "ddp", "num_nodes": 1, "world_size": 2}
+
+    # In kind like the single-process run of the same command.
+    single = run(RunConfig(data=str(photos_dir), output=str(tmp_path / "single"), image_size=32,
+                           epochs=2, batch_size=16, num_workers=0, accelerator="cpu"),
+                 progress=False).metrics
+    assert set(m) - {"distributed"} == set(single)
+    assert set(m["test"]) == set(single["test"]) and set(m["val"]) == set(single["val"])
+    for key in ("trainable_params", "total_params", "split_sizes", "classes", "num_classes"):
+        assert m[key] == single[key], key
+    assert m["images_per_s"] > 0 and m["test"]["per_class"].keys() == single["test"]["per_class"].keys()
+    # The history's val loss was summed over both ranks' shards: at the best epoch it is
+    # the loss rank 0 measures afterwards on the whole val split with the best weights.
+    history = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["finetune"]["history"]
+    assert len(history) == 2
+    assert min(row["val_loss"] for row in history) == pytest.approx(m["val"]["loss"], abs=1e-4)
+    # Same data, same seed, features from the shared cache: the probes agree closely.
+    assert abs(m["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.25

@@ -1,0 +1,385 @@
+"""`finetune recommend`: the signals, the decision, the command, and `run --strategy auto`."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from PIL import Image, ImageFilter
+
+from finetune.cli import main
+from finetune.config import RunConfig
+from finetune.data import discover
+from finetune.data.transforms import normalize_batch
+from finetune.models import create_backbone
+from finetune.recommend import Recommendation, Thresholds, apply_to_config, decide, recommend
+from finetune.recommend_plan import plan_hyperparameters
+from finetune.recommend_signals import (
+    _Moments,
+    bn_layers,
+    early_adabn,
+    layer_shift,
+    load_subsample,
+    ridge_loo_accuracy,
+    stage_of_modules,
+    symmetric_kl,
+)
+from finetune.strategies import plan
+from finetune.train import run
+
+SIZE = 64  # small inputs keep each recommendation to a few seconds on two cores
+MAX_IMAGES = 80
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The recommender's passes are small 64 px batches: on two shared cores a second
+    intra-op thread mostly waits for the other processes, and slows them down several-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def small_digits(tmp_path_factory):
+    """12 digits per class: little data far from ImageNet, and a quick `run --strategy auto`."""
+    from finetune.data.builtin import build_dataset
+
+    return build_dataset("digits", root=tmp_path_factory.mktemp("digits"), per_class=12, size=64)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone("efficientnet_lite0", pretrained=True)
+
+
+def _recommend(path, model, **kw) -> Recommendation:
+    return recommend(path, "efficientnet_lite0", image_size=SIZE, max_images=MAX_IMAGES, model=model, **kw)
+
+
+@pytest.fixture(scope="module")
+def photos_rec(photos_dir, lite0):
+    return _recommend(photos_dir, lite0)
+
+
+@pytest.fixture(scope="module")
+def digits_rec(small_digits, lite0):
+    return _recommend(small_digits, lite0)
+
+
+@pytest.fixture(scope="module")
+def blurred_rec(photos_dir, lite0, tmp_path_factory):
+    """The same photos through a Gaussian blur: the content stays, the pixels change."""
+    root = tmp_path_factory.mktemp("blurred") / "photos"
+    for path in photos_dir.rglob("*.png"):
+        out = root / path.relative_to(photos_dir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(path).filter(ImageFilter.GaussianBlur(3)).save(out)
+    return _recommend(root, lite0)
+
+
+# --------------------------------------------------------------------------- building blocks
+def test_symmetric_kl_of_gaussians_matches_closed_form():
+    zero = np.zeros(1)
+    one = np.ones(1)
+    assert symmetric_kl(zero, one, zero, one)[0] == pytest.approx(0.0)
+    # KL(N(0,1) || N(1,1)) = KL(N(1,1) || N(0,1)) = 0.5
+    assert symmetric_kl(zero, one, one, one)[0] == pytest.approx(0.5)
+    # KL(N(0,1) || N(0,4)) = log 2 + 1/8 - 1/2; KL(N(0,4) || N(0,1)) = -log 2 + 2 - 1/2
+    expected = 0.5 * ((math.log(2) + 1 / 8 - 0.5) + (-math.log(2) + 2 - 0.5))
+    assert symmetric_kl(zero, one, zero, 4 * one)[0] == pytest.approx(expected)
+
+
+def test_moments_merge_batches_exactly():
+    x = torch.randn(10, 4, 5, 6) * torch.tensor([1.0, 2.0, 0.5, 3.0]).view(1, 4, 1, 1) + 7.0
+    moments = _Moments()
+    for part in torch.split(x, [3, 3, 4]):
+        moments.add(part)
+    flat = x.transpose(0, 1).reshape(4, -1).double()
+    assert torch.allclose(moments.mean, flat.mean(1), atol=1e-5)
+    assert torch.allclose(moments.var, flat.var(1, unbiased=False), atol=1e-4)
+
+
+def test_ridge_leave_one_out_equals_refitting():
+    """The closed form against n explicit refits (sklearn Ridge, intercept unpenalised)."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 8)
+    features = rng.normal(size=(24, 10)) + labels[:, None] * 0.6
+    for alpha in (0.01, 1.0):
+        acc, chosen = ridge_loo_accuracy(features, labels, num_classes=3, alphas=(alpha,))
+        assert chosen == alpha
+        z = (features - features.mean(0)) / features.std(0) / np.sqrt(features.shape[1])
+        eig = np.linalg.eigvalsh((z - z.mean(0)) @ (z - z.mean(0)).T)
+        ridge_alpha = alpha * np.clip(eig, 0, None).mean()
+        targets = np.eye(3)[labels]
+        pred = np.empty(24, dtype=int)
+        for i in range(24):
+            keep = np.arange(24) != i
+            model = Ridge(alpha=ridge_alpha).fit(z[keep], targets[keep])
+            pred[i] = model.predict(z[i:i + 1]).argmax()
+        reference = np.mean([np.mean(pred[labels == c] == c) for c in range(3)])
+        assert acc == pytest.approx(reference)
+
+
+def test_adabn_re_estimates_only_the_early_stages(lite0, photos_dir):
+    samples = discover(photos_dir, val_fraction=0, test_fraction=0, verify=False).train[:24]
+    images = load_subsample(samples, lite0, SIZE)
+    # One batch of 24: the re-estimated statistics are exactly this batch's.
+    adapted = early_adabn(lite0, images, early_stages=2, batch_size=24)
+    owner = stage_of_modules(adapted)
+    original = dict(bn_layers(lite0))
+    for name, bn in bn_layers(adapted):
+        same = torch.equal(bn.running_mean, original[name].running_mean)
+        assert same == (owner[id(bn)] >= 2), name  # early stages changed, later ones did not
+    # The stem's BN now holds the data's own statistics: its shift from them is ~0.
+    stem_bn = adapted.bn1
+    with torch.no_grad():
+        stem_in = adapted.conv_stem(normalize_batch(images.pixels, adapted.pretrained_cfg))
+    moments = (stem_in.mean((0, 2, 3)).double().numpy(), stem_in.var((0, 2, 3), unbiased=False).double().numpy())
+    assert layer_shift(moments, stem_bn) < 1e-3 < 0.01 < layer_shift(moments, lite0.bn1)
+
+
+# --------------------------------------------------------------------------- signals on real data
+def test_json_has_designs_shape(photos_rec):
+    obj = photos_rec.to_json()
+    json.dumps(obj, allow_nan=False)  # every number finite
+    assert {"strategy", "cell", "stats", "similarity", "hyperparameters", "command", "evidence",
+            "thresholds"} <= set(obj)
+    assert set(obj["cell"]) == {"similarity", "amount"}
+    assert obj["cell"]["similarity"] in ("similar", "different") and obj["cell"]["amount"] in ("little", "large")
+    assert obj["strategy"] in ("linear", "partial", "full", "lp-ft", "surgical")
+    for row in obj["hyperparameters"].values():
+        assert set(row) == {"value", "reason"} and row["reason"]
+    for item in obj["evidence"]:
+        assert set(item) == {"signal", "value", "meaning"} and item["meaning"]
+    assert obj["thresholds"] == Thresholds().to_json()
+    stats = obj["stats"]
+    assert stats["images"] == 128 and stats["classes"] == 8 and stats["per_class_median"] == 16
+    assert stats["median_width"] == stats["median_height"] == 96
+    assert stats["test_images"] == 8 * 2 and stats["imbalance"] == 1.0
+    assert Recommendation.from_json(obj).to_json() == obj
+
+
+def test_signals_are_finite_and_in_range(photos_rec, digits_rec):
+    for rec, classes in ((photos_rec, 8), (digits_rec, 10)):
+        s = rec.similarity
+        assert s["chance"] == pytest.approx(1 / classes)
+        assert s["subsample"] == MAX_IMAGES
+        for stage in s["stages"]:
+            assert 0.0 <= stage["probe_accuracy"] <= 1.0
+            assert math.isfinite(stage["shift"]) and stage["shift"] >= 0.0
+        later = [st["shift_after_early_adabn"] for st in s["stages"][s["early_stages"]:]]
+        assert all(v is not None and v >= 0.0 for v in later)
+        assert s["stages"][-1]["probe_accuracy"] == s["probe_accuracy"]
+        assert -1.0 <= s["kappa"] <= 1.0 and 0.0 <= s["score"] <= 1.0
+        assert s["has_batchnorm"] and s["bn_layers"] == 49
+        assert [st["name"] for st in s["stages"]] == ["stem"] + [f"blocks.{i}" for i in range(7)]
+
+
+def test_photos_are_similar_and_digits_different(photos_rec, digits_rec):
+    p, d = photos_rec.similarity, digits_rec.similarity
+    assert photos_rec.cell == {"similarity": "similar", "amount": "little"}
+    assert digits_rec.cell["similarity"] == "different"
+    assert p["probe_accuracy"] > d["probe_accuracy"]
+    assert p["shift_deep"] < d["shift_deep"]
+    assert p["shift_later_after_early_adabn"] < d["shift_later_after_early_adabn"]
+    assert digits_rec.stats["grey_fraction"] == 1.0 and photos_rec.stats["grey_fraction"] < 0.5
+
+
+def test_blur_shifts_the_early_stages_and_adabn_removes_it(photos_rec, blurred_rec):
+    clean, blur = photos_rec.similarity, blurred_rec.similarity
+    assert blur["shift_early"] > 3 * clean["shift_early"]
+    # Re-estimating the first stages' statistics takes most of the blur's later-stage shift away.
+    assert blur["shift_later_after_early_adabn"] < blur["shift_later"]
+    assert blur["shift_pixel"] > 3 * clean["shift_pixel"]
+
+
+# --------------------------------------------------------------------------- the decision
+def _signals(**kw) -> dict:
+    """Synthetic signals: 6 stages, BN everywhere, features that probe well."""
+    stages = [{"name": f"s{i}", "probe_accuracy": p, "shift": 0.2, "shift_after_early_adabn": a}
+              for i, (p, a) in enumerate(zip([0.5, 0.7, 0.8, 0.85, 0.9, 0.9],
+                                             [None, None, 0.1, 0.1, 0.2, 0.3], strict=True))]
+    base = {"has_batchnorm": True, "stages": stages, "probe_accuracy": 0.9, "chance": 0.1,
+            "kappa": (0.9 - 0.1) / 0.9, "best_stage": 5, "best_stage_name": "s5",
+            "best_stage_accuracy": 0.9, "learning_curve_slope": 0.03, "early_stages": 2,
+            "shift_later": 0.2, "shift_later_after_early_adabn": 0.2, "shift_pixel": 0.0}
+    base.update(kw)
+    return base
+
+
+def test_amount_thresholds_place_five_per_class_as_little(photos_rec):
+    sim = photos_rec.similarity
+    assert decide(sim, {"per_class_median": 5}).amount == "little"
+    assert decide(sim, {"per_class_median": 49}).amount == "little"
+    assert decide(sim, {"per_class_median": 50}).amount == "large"
+    assert decide(sim, {"per_class_median": 5}, Thresholds(little_per_class=4)).amount == "large"
+
+
+def test_decision_cells_and_refinements():
+    large, little = {"per_class_median": 200}, {"per_class_median": 20}
+    # similar + little -> linear; similar + large -> partial, K after the probe plateau (s4)
+    assert decide(_signals(), little).strategy == "linear"
+    d = decide(_signals(), large)
+    assert (d.strategy, d.unfreeze, d.similarity) == ("partial", 1, "similar")
+    # plateau reached at s2: 3 stages after it, 3 of 6 is not more than half
+    early_plateau = _signals()
+    for st in early_plateau["stages"][2:]:
+        st["probe_accuracy"] = 0.9
+    assert (decide(early_plateau, large).strategy, decide(early_plateau, large).unfreeze) == ("partial", 3)
+    for st in early_plateau["stages"][1:]:
+        st["probe_accuracy"] = 0.9
+    assert decide(early_plateau, large).strategy == "full"  # 4 of 6 stages
+    # semantic shift far from ImageNet; good features -> lp-ft, poor -> full
+    far = _signals(shift_later_after_early_adabn=2.0, shift_later=2.2)
+    assert decide(far, large).similarity == "different"
+    assert decide(far, large).strategy == "lp-ft"
+    poor = dict(far, probe_accuracy=0.4, kappa=(0.4 - 0.1) / 0.9)
+    assert decide(poor, large).strategy == "full"
+    # little + different: lp-ft with the warning quoting the probe; very little -> linear
+    d = decide(poor, little)
+    assert d.strategy == "lp-ft" and "expect about 40%" in d.warnings[0]
+    assert decide(poor, {"per_class_median": 5}).strategy == "linear"
+    # input-level: most of the later shift goes with early AdaBN -> surgical, where it enters
+    stages = _signals()["stages"]
+    stages[1]["shift"] = 3.0
+    pixel = _signals(stages=stages, shift_later=1.2, shift_later_after_early_adabn=0.3, shift_pixel=0.9)
+    d = decide(pixel, large)
+    assert (d.strategy, d.unfreeze, d.input_level) == ("surgical", 2, True)
+    # features already near perfect: linear, whatever the amount
+    assert decide(_signals(probe_accuracy=0.995), large).strategy == "linear"
+    # without BatchNorm, kappa alone
+    no_bn = _signals(has_batchnorm=False, shift_pixel=None, shift_later=None,
+                     shift_later_after_early_adabn=None)
+    assert decide(no_bn, large).score == pytest.approx(no_bn["kappa"])
+
+
+def test_budget_trades_epochs_then_strategy(digits_rec, lite0):
+    sig = digits_rec.similarity
+    amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,
+              "per_class_median": 700}
+    d = decide(sig, amount)
+    assert d.amount == "large"
+    free = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
+                                budget_minutes=None)
+    tight = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
+                                 budget_minutes=free.estimated_minutes / 2)
+    assert tight.estimated_minutes <= free.estimated_minutes / 2
+    assert tight.hyperparameters["epochs"]["value"] < free.hyperparameters["epochs"]["value"] or (
+        tight.strategy != free.strategy)
+    assert any("budget" in r for r in tight.reasons)
+    tiny = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
+                                budget_minutes=1e-6)
+    assert tiny.strategy == "linear" and tiny.warnings
+
+
+# --------------------------------------------------------------------------- command and CLI
+def test_command_parses_with_the_cli(digits_rec, small_digits):
+    args = shlex.split(digits_rec.command)
+    assert args[:2] == ["finetune", "run"]
+    ctx = main.get_command(None, "run").make_context("run", args[2:])
+    hp = {k: v["value"] for k, v in digits_rec.hyperparameters.items()}
+    assert ctx.params["data"] == str(small_digits)
+    assert ctx.params["strategy"] == digits_rec.strategy
+    assert ctx.params["epochs"] == hp["epochs"] and ctx.params["lr"] == pytest.approx(hp["lr"])
+    assert ctx.params["augment"] == hp["augment"] and ctx.params["image_size"] == SIZE
+    assert ctx.params["unfreeze"] == hp.get("unfreeze")
+
+
+def test_report_names_every_part(digits_rec):
+    text = digits_rec.format()
+    for part in ("Recommended strategy", "Evidence", "shift_by_stage", "probe_by_stage", "Thresholds",
+                 "little_per_class=50", "Hyperparameters", "Run it:", digits_rec.command):
+        assert part in text, part
+
+
+def test_cli_recommend_json(photos_dir):
+    result = CliRunner().invoke(main, ["recommend", "--data", str(photos_dir), "--backbone",
+                                       "efficientnet_lite0", "--image-size", str(SIZE),
+                                       "--max-images", "40", "--json"])
+    assert result.exit_code == 0, result.output
+    obj = json.loads(result.output)
+    assert obj["similarity"]["subsample"] == 40 and obj["command"].startswith("finetune run")
+
+
+def test_cli_recommend_refuses_random_weights(photos_dir):
+    result = CliRunner().invoke(main, ["recommend", "--data", str(photos_dir), "--backbone",
+                                       "efficientnet_lite0", "--weights", "none"])
+    assert result.exit_code == 2 and "pretrained checkpoint" in result.output
+
+
+# --------------------------------------------------------------------------- strategies
+def test_surgical_trains_the_first_stages():
+    model = create_backbone("efficientnet_lite0", num_classes=5)
+    phases = plan(RunConfig(strategy="surgical", unfreeze=2), model)
+    assert [p.name for p in phases] == ["linear", "surgical"] and phases[0].feature_cache
+    phases[1].freeze(model)
+    stages = model.stages()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == stages[0].num_params() + stages[1].num_params() + 1280 * 5 + 5
+    assert all(not m.training for s in stages[2:] for mod in s.modules for m in mod.modules())
+    with pytest.raises(ValueError, match="resolved by the recommender"):
+        plan(RunConfig(strategy="auto"), model)
+
+
+def test_user_flags_win_over_the_recommendation(digits_rec):
+    cfg = apply_to_config(RunConfig(strategy="auto", epochs=1), digits_rec)
+    assert cfg.strategy == digits_rec.strategy and cfg.epochs == 1
+    assert cfg.lr == digits_rec.hyperparameters["lr"]["value"]
+    assert cfg.augment == digits_rec.hyperparameters["augment"]["value"]
+
+
+def test_run_strategy_auto_records_the_recommendation(small_digits, tmp_path):
+    out = tmp_path / "auto"
+    cfg = RunConfig(data=str(small_digits), output=str(out), strategy="auto", image_size=SIZE,
+                    batch_size=32, num_workers=0, epochs=1, lp_epochs=2,
+                    feature_cache_dir=str(tmp_path / "cache"))
+    result = run(cfg, progress=False)
+    rec = json.loads((out / "recommendation.json").read_text())
+    m = result.metrics
+    assert m["strategy"] == rec["strategy"] != "auto" and m["recommended_by"] == "auto"
+    expected = {"linear": ["linear"], "partial": ["partial"], "full": ["full"],
+                "lp-ft": ["linear", "full"], "surgical": ["linear", "surgical"]}[rec["strategy"]]
+    assert [p["name"] for p in m["phases"]] == expected
+    assert m["phases"][-1]["epochs"] == 1  # the user's --epochs wins
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["strategy"] == rec["strategy"]  # rerunnable without the recommender
+    # The probes never saw the test split.
+    assert rec["similarity"]["subsample"] <= rec["stats"]["train_images"] + rec["stats"]["val_images"]
+
+
+def test_backbone_without_batchnorm_falls_back_to_features(photos_dir, tmp_path):
+    torch.manual_seed(0)
+    model = create_backbone("timm:test_convnext")
+    assert not bn_layers(model)
+    weights = tmp_path / "convnext.pth"
+    torch.save(model.state_dict(), weights)
+    rec = recommend(photos_dir, "timm:test_convnext", weights=str(weights), image_size=SIZE,
+                    max_images=40)
+    s = rec.similarity
+    assert s["has_batchnorm"] is False and s["shift_pixel"] is None
+    assert all(st["shift"] is None for st in s["stages"])
+    assert s["score"] == pytest.approx(s["kappa"], abs=1e-4)
+    fallback = [e for e in rec.evidence if e["signal"] == "batchnorm"]
+    assert fallback and "no BatchNorm" in fallback[0]["meaning"]
+    assert "--weights" in rec.command and str(weights) in rec.command
+
+
+def test_resume_reuses_the_saved_recommendation(digits_rec, tmp_path):
+    """--resume continues the strategy the checkpoints were made with, without re-measuring."""
+    from finetune.recommend import resolve_auto
+
+    saved = dict(digits_rec.to_json(), strategy="partial",
+                 hyperparameters={**digits_rec.hyperparameters, "unfreeze": {"value": 3, "reason": "r"}})
+    (tmp_path / "recommendation.json").write_text(json.dumps(saved))
+    cfg, rec = resolve_auto(RunConfig(strategy="auto"), None, None, tmp_path, resume=True)
+    assert (cfg.strategy, cfg.unfreeze) == ("partial", 3) and rec.strategy == "partial"
