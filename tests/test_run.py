@@ -115,3 +115,14 @@ def test_partial_and_lp_ft_run_end_to_end(tmp_path, photos_dir):
     assert (lpft.run_dir / "checkpoints" / "best.ckpt").is_file()
     assert [p["name"] for p in lpft.metrics["phases"]] == ["linear", "full"]
     assert lpft.metrics["trainable_params"] == lpft.metrics["total_params"]
+
+
+def test_class_weights_turn_on_for_high_imbalance():
+    from finetune.train import class_weights_for
+
+    assert class_weights_for(RunConfig(), [30, 20, 12]) is None  # 2.5:1 -> plain loss
+    weights = class_weights_for(RunConfig(), [40, 10, 10])  # 4:1 -> balanced weights
+    assert weights is not None
+    assert torch.allclose(weights, torch.tensor([60 / 120, 60 / 30, 60 / 30]))
+    assert class_weights_for(RunConfig(class_weights="off"), [40, 10, 10]) is None
+    assert class_weights_for(RunConfig(class_weights="on"), [30, 20, 12]) is not None
