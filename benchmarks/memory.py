@@ -136,7 +136,7 @@ def main() -> None:
         "machine": env, "load_average_after": machine().get("load_average_1_5_15min"),
         "command": "python " + " ".join(sys.argv),
         "setup": {"image_size": args.size, "epochs": args.epochs, "backbone": "efficientnet_lite0",
-                  "batch_size": 64},
+                  "batch_size": 64, "torch_threads_in_runs": args.threads},
         "runs": rows, "growth": growth,
     }, args.out)
     print(f"\nWritten to {path}")
