@@ -28,8 +28,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .evaluation import most_confused_pairs
+from .io import atomic_write_bytes
 
 __all__ = [
     "confusion_matrix_figure",
@@ -68,20 +67,6 @@ _CURVE_PANELS = (
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _png_bytes(fig: Figure) -> bytes:
@@ -585,7 +570,7 @@ def write_report(
     report_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, data in files.items():
-        _atomic_write(report_dir / name, data)
+        atomic_write_bytes(report_dir / name, data)
         written.append(report_dir / name)
     # A figure left from an earlier report would contradict this summary.
     for name in notes:

@@ -22,7 +22,6 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from finetune import report
 from finetune.evaluation import (
     classification_metrics,
     expected_calibration_error,
@@ -462,7 +461,7 @@ def test_crash_mid_write_leaves_whole_files(tmp_path, metrics3, monkeypatch):
             raise OSError("disk full")
         real_replace(src, dst)
 
-    monkeypatch.setattr(report.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)  # what finetune.io.atomic_write_bytes calls
     metrics3["skipped_files"] = ["other/new.jpg"]
     with pytest.raises(OSError, match="disk full"):
         write_report(tmp_path, metrics3, HISTORY, CLASSES3)
