@@ -27,10 +27,14 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import RunConfig
 from .recommend_plan import Plan, evidence, format_recommendation, plan_hyperparameters
+
+if TYPE_CHECKING:
+    from .data import DataSplits
+    from .models import Backbone
 
 log = logging.getLogger("finetune")
 
@@ -129,9 +133,12 @@ def _partial_k(signals: dict, thr: Thresholds) -> tuple[int, str]:
             break
         k_shift += 1
     k = max(1, k_probe, k_shift)
-    why = (f"probe accuracy stops rising at {stages[plateau_at]['name']} "
-           f"({probes[plateau_at]:.2f}, best {top:.2f}): the {k_probe} stage(s) after it add no "
-           f"label information and are the ones to adapt")
+    if k_probe:
+        why = (f"probe accuracy stops rising at {stages[plateau_at]['name']} "
+               f"({probes[plateau_at]:.2f}, best {top:.2f}): the {k_probe} stage(s) after it add no "
+               f"label information and are the ones to adapt")
+    else:
+        why = f"probe accuracy rises up to the last stage ({top:.2f}): adapting that one is enough"
     if k_shift:
         why += f"; the last {k_shift} stage(s) keep a shift above {thr.semantic_hot:g} after early AdaBN"
     return k, why
@@ -263,7 +270,7 @@ class Recommendation:
 
 # --------------------------------------------------------------------------- entry points
 def recommend(
-    data: str | Path | Any,
+    data: str | Path | DataSplits,
     backbone: str,
     *,
     budget_minutes: float | None = None,
@@ -275,7 +282,7 @@ def recommend(
     test_fraction: float = 0.15,
     batch_size: int = 32,
     thresholds: Thresholds | None = None,
-    model: Any = None,
+    model: Backbone | None = None,
     data_label: str | None = None,
 ) -> Recommendation:
     """Measure ``data`` with ``backbone``'s pretrained checkpoint and recommend a strategy.
@@ -386,7 +393,7 @@ def apply_to_config(cfg: RunConfig, rec: Recommendation) -> RunConfig:
     return cfg.replace(**changes)
 
 
-def resolve_auto(cfg: RunConfig, splits: Any, model: Any, run_dir: Path, *,
+def resolve_auto(cfg: RunConfig, splits: DataSplits, model: Backbone, run_dir: Path, *,
                  resume: bool = False, write: bool = True) -> tuple[RunConfig, Recommendation]:
     """``--strategy auto``: the recommendation (reused from the run folder on --resume,
     so the run continues the strategy its checkpoints were made with), applied to ``cfg``
