@@ -24,6 +24,7 @@ evaluation, report). Prints Markdown tables and writes benchmarks/results/linear
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -216,6 +217,7 @@ def main() -> None:
         "runs": rows + hard_rows, "ratios": ratios, "head_fit": head_rows,
     }, args.out)
     print(f"\nWritten to {path}")
+    shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -140,6 +141,7 @@ def main() -> None:
         "runs": rows, "growth": growth,
     }, args.out)
     print(f"\nWritten to {path}")
+    shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 
 
 if __name__ == "__main__":

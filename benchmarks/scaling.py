@@ -16,6 +16,7 @@ Prints Markdown tables; writes benchmarks/results/scaling.json.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -97,6 +98,7 @@ def main() -> None:
         "runs": rows, "fits": fits,
     }, args.out)
     print(f"\nWritten to {path}")
+    shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 
 
 if __name__ == "__main__":

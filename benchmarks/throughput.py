@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -280,6 +281,7 @@ def main() -> None:
         "runs": rows, "ratios": ratios, "loader_alone": loaders, "decode": decode,
     }, args.out)
     print(f"\nWritten to {path}")
+    shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ log = logging.getLogger("finetune")
 DEFAULT_CS: tuple[float, ...] = tuple(10.0 ** (k / 2) for k in range(-6, 7))
 # Used when there is no validation split to choose C on.
 FALLBACK_C = 1.0
+# Stop when no gradient component exceeds this: scikit-learn's default tol for lbfgs.
+GRAD_TOL = 1e-4
 # Below this many multiply-adds per pass (N * D * classes), the fit runs on one thread:
 # each L-BFGS evaluation is then well under a millisecond of arithmetic, and waking
 # OpenMP workers costs more than it saves (on a loaded 2-core machine, 20x more).
@@ -113,7 +115,13 @@ def _moments(chunks: Chunks, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.float(), std.float()
 
 
-def _standardised(chunks: Chunks, mean, std) -> Chunks:
+def _standardised(chunks: Chunks, mean, std, *, in_memory: bool) -> Chunks:
+    """The chunks with (x - mean) / std applied: once, when the split is in memory (each
+    L-BFGS evaluation then costs two matrix products), else chunk by chunk on each pass."""
+    if in_memory:
+        parts = [((x - mean) / std, y) for x, y in chunks()]
+        return lambda: parts
+
     def gen() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in chunks():
             yield (x - mean) / std, y
@@ -136,7 +144,7 @@ def _minimise(w, b, train_std: Chunks, *, l2: float, class_weights, weight_sum: 
               label_smoothing: float, max_iter: int) -> tuple[int, int]:
     """L-BFGS on the full (chunked) training objective, in place on ``w`` and ``b``."""
     optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20,
-                                  tolerance_grad=1e-6, tolerance_change=1e-10,
+                                  tolerance_grad=GRAD_TOL, tolerance_change=1e-9,
                                   line_search_fn="strong_wolfe")
     evals = 0
 
@@ -205,11 +213,11 @@ def _fit(train_chunks: Chunks, val, *, n: int, d: int, num_classes: int, Cs: Seq
          class_weights, label_smoothing: float, max_iter: int, chunk_size: int,
          in_memory_bytes: int, start: float) -> HeadFit:
     mean, std = _moments(train_chunks, d)
-    train_std = _standardised(train_chunks, mean, std)
+    train_std = _standardised(train_chunks, mean, std, in_memory=n * d * 4 <= in_memory_bytes)
     val_std = None
     if val is not None and len(val[1] if isinstance(val, tuple) else val) > 0:
-        val_chunks, _, _ = _as_chunks(val, chunk_size, in_memory_bytes)
-        val_std = _standardised(val_chunks, mean, std)
+        val_chunks, n_val, _ = _as_chunks(val, chunk_size, in_memory_bytes)
+        val_std = _standardised(val_chunks, mean, std, in_memory=n_val * d * 4 <= in_memory_bytes)
     Cs = sorted(float(c) for c in Cs) if val_std is not None else [FALLBACK_C]
     if val_std is None:
         log.warning("No validation split to choose the regularisation on: --head-fit lbfgs "
