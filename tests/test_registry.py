@@ -121,3 +121,23 @@ def test_forward_and_backward(name):
     assert not missing, f"no gradient for {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.get_classifier().weight.grad.abs().sum() > 0
+
+
+def test_a_backbone_missing_an_interface_method_cannot_be_built():
+    from finetune.models import Backbone
+
+    class NoStages(Backbone):
+        def forward_features(self, x):
+            return x
+
+        def forward_head(self, x, pre_logits=False):
+            return x
+
+        def get_classifier(self):
+            return torch.nn.Identity()
+
+        def reset_classifier(self, num_classes):
+            pass
+
+    with pytest.raises(TypeError, match="stages"):
+        NoStages()

@@ -12,6 +12,7 @@ fine-tuning run never slices ``children()[:-1]``:
 parameter exactly once.
 """
 
+import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -71,8 +72,10 @@ class Stage:
         return sum(p.numel() for p in self.parameters())
 
 
-class Backbone(nn.Module):
-    """Mixin base: subclasses define the layers and the five methods below."""
+class Backbone(nn.Module, metaclass=abc.ABCMeta):
+    """Abstract base: subclasses define the layers and the five abstract methods below;
+    a subclass that misses one cannot be instantiated (checked at construction, not at
+    the first call hours into a run)."""
 
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
     variant: str = ""
@@ -81,20 +84,25 @@ class Backbone(nn.Module):
     num_features: int = 0
     num_classes: int = 0
 
+    @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
-        raise NotImplementedError(f"{type(self).__name__} must define forward_features")
+        """Feature map before pooling."""
 
+    @abc.abstractmethod
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define forward_head")
+        """Pool and classify; ``pre_logits=True`` returns the pooled (B, num_features)."""
 
+    @abc.abstractmethod
     def get_classifier(self) -> nn.Module:
-        raise NotImplementedError(f"{type(self).__name__} must define get_classifier")
+        """The final classifier module (the head that `linear` trains)."""
 
+    @abc.abstractmethod
     def reset_classifier(self, num_classes: int) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must define reset_classifier")
+        """Replace the classifier with a fresh one for ``num_classes`` (0: identity)."""
 
+    @abc.abstractmethod
     def stages(self) -> list[Stage]:
-        raise NotImplementedError(f"{type(self).__name__} must define stages")
+        """Stem to last stage; with the classifier they cover every parameter once."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
