@@ -60,6 +60,9 @@ class RunConfig:
     num_workers: int | None = None  # default: half the CPU cores, at most 4
     feature_cache: bool = True  # `linear`: one backbone pass, then train the head on features
     feature_cache_dir: str | None = None  # default $FINETUNE_CACHE_DIR or ~/.cache/finetune/features
+    # Backbone training: decode each image once into a memory-mapped store (data/image_cache.py)
+    image_cache: bool = False
+    image_cache_dir: str | None = None  # default $FINETUNE_IMAGE_CACHE_DIR or ~/.cache/finetune/images
     # How the head of a cached-feature phase trains: "sgd" = AdamW epochs through Lightning;
     # "lbfgs" = logistic regression to convergence, C swept on val (as CLIP / DINOv2 probes).
     head_fit: str = "sgd"
@@ -70,6 +73,7 @@ class RunConfig:
     num_nodes: int = 1  # machines, each running `devices` processes (torchrun / SLURM)
     distributed: str = "auto"  # Lightning strategy: auto, ddp (torchrun/SLURM), ddp_spawn
     precision: str | None = None  # default: bf16-mixed on GPU, 32-true on CPU
+    compile: bool = False  # torch.compile the model for phases that train the backbone
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -43,7 +43,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .features import iter_features
-from .io import atomic_write_json
+from .io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp
 from .models import Backbone
 
 log = logging.getLogger("finetune")
@@ -54,9 +54,6 @@ ENV_CACHE_DIR = "FINETUNE_CACHE_DIR"
 _META = "meta.json"
 _FEATURES = "features.npy"
 _LABELS = "labels.npy"
-_TMP_PREFIX = ".tmp-"
-# Temporary folders older than this are leftovers of a killed process, not a live writer.
-_STALE_TMP_S = 24 * 3600
 
 
 def default_cache_dir() -> Path:
@@ -224,16 +221,6 @@ def _write_entry(
     atomic_write_json(tmp / _META, meta)  # the completion marker: written last
 
 
-def _clean_stale(cache_dir: Path) -> None:
-    now = time.time()
-    for tmp in cache_dir.glob(f"*/{_TMP_PREFIX}*"):
-        try:
-            if now - tmp.stat().st_mtime > _STALE_TMP_S:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def cached_features(
     model: Backbone,
     loader: DataLoader,
@@ -263,33 +250,17 @@ def cached_features(
         return hit, True
 
     entry.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(cache_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{key[:16]}-", dir=entry.parent))
+    remove_stale_tmp(cache_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:16]}-", dir=entry.parent))
     try:
         info = {"backbone": model.variant, "backbone_sha256": fingerprint,
                 "preprocess": preprocess, "compute": compute_spec(device)}
         _write_entry(tmp, key, model, loader, len(samples), device=device, desc=desc,
                      progress=progress, info=info)
-        # Entries only ever appear complete (by rename) and never change afterwards, so
-        # one that reads as invalid now is broken for good (an older layout, a damaged
-        # disk): move it aside, which is atomic, before putting ours in its place.
-        if entry.exists() and read_entry(entry, key) is None:
-            log.info("%s: discarding the unusable cache entry %s.", desc, entry)
-            trash = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}trash-", dir=entry.parent))
-            try:
-                os.replace(entry, trash / "entry")
-            except OSError:
-                pass  # another process moved it first
-            shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.replace(tmp, entry)
-        except OSError:
-            # Another process (a DDP rank) finished the same entry first: use theirs.
-            if read_entry(entry, key) is None:
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish_dir(tmp, entry, lambda e: read_entry(e, key) is not None)
     result = read_entry(entry, key)
     if result is None:
         raise RuntimeError(f"The feature cache entry {entry} was written but cannot be read back.")

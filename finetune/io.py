@@ -1,10 +1,15 @@
-"""Atomic file writes: a crash or a full disk never leaves a half-written file behind."""
+"""Atomic file writes: a crash or a full disk never leaves a half-written file behind.
+
+Also the publish protocol of the on-disk caches: an entry folder appears whole or not at all."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +35,50 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+# ------------------------------------------------------------------ cache entries
+# The feature cache and the image cache store entries as folders that appear complete, by
+# rename, or not at all. These two helpers are the part of that protocol they share.
+TMP_PREFIX = ".tmp-"
+# Temporary folders older than this are leftovers of a killed process, not a live writer.
+STALE_TMP_S = 24 * 3600
+
+
+def remove_stale_tmp(parent: Path) -> None:
+    """Delete ``parent/*/.tmp-*`` folders left by killed writers (older than a day)."""
+    now = time.time()
+    for tmp in Path(parent).glob(f"*/{TMP_PREFIX}*"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def publish_dir(tmp: Path, entry: Path, is_valid: Callable[[Path], bool]) -> None:
+    """Move the finished folder ``tmp`` to ``entry`` atomically.
+
+    Entries never change once they exist, so one that ``is_valid`` rejects now is broken
+    for good (an older layout, a damaged disk): it is moved aside first, which is atomic.
+    If another process (a DDP rank) published a valid entry first, ``tmp`` is dropped and
+    theirs is kept. ``tmp`` never survives this call.
+    """
+    import shutil
+
+    try:
+        if entry.exists() and not is_valid(entry):
+            trash = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}trash-", dir=entry.parent))
+            try:
+                os.replace(entry, trash / "entry")
+            except OSError:
+                pass  # another process moved it first
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not is_valid(entry):
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -315,6 +315,9 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             splits, model.pretrained_cfg, image_size=image_size, augment=phase.augment,
             batch_size=cfg.batch_size, num_workers=num_workers, seed=cfg.seed, hflip=cfg.hflip,
             normalize_on_device=device.type == "cuda",
+            # A head on cached features never reads the images again: nothing to cache.
+            image_cache=cfg.image_cache and not phase.feature_cache,
+            image_cache_dir=cfg.image_cache_dir,
         )
         dm.setup("fit")
         if phase.feature_cache:
@@ -339,6 +342,10 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             history.extend(module.history)
             continue
         log.info("%s", phase.describe(model))
+        if cfg.compile and not phase.feature_cache:
+            # In place (nn.Module.compile): parameter names, and so checkpoints and
+            # exports, stay those of the plain model. Compiled once, on first use.
+            model.compile()
         ckpt_path = ckpt_dir / "last.ckpt"
         resume_from = str(ckpt_path) if resume and ckpt_path.is_file() else None
         if resume_from:

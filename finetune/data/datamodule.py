@@ -13,9 +13,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
 
+from .image_cache import ImageStore, cached_images, train_side
 from .images import load_image
 from .sources import SPLITS, DataSplits
-from .transforms import build_transform, jpeg_draft_size
+from .transforms import build_transform, jpeg_draft_size, min_crop_scale, resolve_sizes
 
 if TYPE_CHECKING:
     import albumentations as A
@@ -28,7 +29,9 @@ class ImageDataset(Dataset):
 
     Files were verified at discovery; one that went bad since raises ``ImageDecodeError``
     naming it, rather than being replaced silently by another sample. ``draft_size`` lets
-    big JPEGs decode at a reduced scale (see ``transforms.jpeg_draft_size``).
+    big JPEGs decode at a reduced scale (see ``transforms.jpeg_draft_size``). With a
+    ``store`` (``image_cache.ImageStore`` of the same samples, in the same order) images
+    are read from the decoded-image cache instead of decoded.
     """
 
     def __init__(
@@ -37,17 +40,24 @@ class ImageDataset(Dataset):
         transform: A.Compose | None,
         *,
         draft_size: int | None = None,
+        store: ImageStore | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.draft_size = draft_size
+        if store is not None and len(store) != len(self.samples):
+            raise ValueError(f"The image store holds {len(store)} images for {len(self.samples)} samples.")
+        self.store = store
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        image = load_image(path, draft_size=self.draft_size)  # (H, W, 3) uint8 RGB
+        if self.store is not None:
+            image = self.store[i]  # (H, W, 3) uint8 RGB, decoded and shrunk once
+        else:
+            image = load_image(path, draft_size=self.draft_size)  # (H, W, 3) uint8 RGB
         if self.transform is None:
             return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label  # (3, H, W) uint8
         return self.transform(image=image)["image"], label  # (3, S, S) float32
@@ -84,6 +94,8 @@ class FinetuneDataModule(pl.LightningDataModule):
         seed: int = 0,
         hflip: bool = True,
         normalize_on_device: bool = False,
+        image_cache: bool = False,
+        image_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -109,6 +121,14 @@ class FinetuneDataModule(pl.LightningDataModule):
             pretrained_cfg, image_size=image_size, train=False, normalize=not normalize_on_device
         )
         self.draft_size = jpeg_draft_size(pretrained_cfg, image_size)
+        # image_cache: decode every image once into image_cache's memory-mapped store, at
+        # the eval resize for val / test / unaugmented train and, for augmented training,
+        # at the side that keeps the smallest random crop at full resolution.
+        self.image_cache = image_cache
+        self.image_cache_dir = image_cache_dir
+        size, resize = resolve_sizes(pretrained_cfg, image_size)
+        self.eval_side = resize
+        self.train_side = train_side(size, resize, min_crop_scale(augment))
         self.datasets: dict[str, ImageDataset] = {}
 
     @property
@@ -119,29 +139,39 @@ class FinetuneDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         self.datasets = {
-            "train": self._make(self.splits.train, self.train_transform),
-            "val": self._make(self.splits.val, self.eval_transform),
-            "test": self._make(self.splits.test, self.eval_transform),
+            "train": self._make(self.splits.train, self.train_transform, "train", self.train_side),
+            "val": self._make(self.splits.val, self.eval_transform, "val", self.eval_side),
+            "test": self._make(self.splits.test, self.eval_transform, "test", self.eval_side),
         }
 
-    def _make(self, samples: list[tuple[str, int]], transform: A.Compose) -> ImageDataset:
-        return ImageDataset(samples, transform, draft_size=self.draft_size)
+    def _make(self, samples: list[tuple[str, int]], transform: A.Compose, split: str,
+              side: int) -> ImageDataset:
+        store = None
+        if self.image_cache:
+            self._single_cv2_thread()
+            store = cached_images(samples, side=side, draft_size=self.draft_size,
+                                  cache_dir=self.image_cache_dir, num_workers=self.num_workers,
+                                  desc=f"images {split}")
+        return ImageDataset(samples, transform, draft_size=self.draft_size, store=store)
 
     def _dataset(self, split: str, *, augmented: bool) -> ImageDataset:
         if split not in SPLITS:
             raise ValueError(f"Unknown split '{split}'. Valid splits: {', '.join(SPLITS)}.")
         self.setup()
         if split == "train" and not augmented:
-            return self._make(self.splits.train, self.eval_transform)
+            return self._make(self.splits.train, self.eval_transform, "train", self.eval_side)
         return self.datasets[split]
 
-    def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
+    def _single_cv2_thread(self) -> None:
         if self.num_workers > 0:
             # Each worker is already one of many parallel processes: OpenCV's own thread
             # pool (a thread per core by default) would oversubscribe the CPU. Set here in
             # the parent, before the fork: calling it inside a forked worker deadlocks on
             # the parent's pool, which the child inherited without its threads.
             cv2.setNumThreads(1)
+
+    def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
+        self._single_cv2_thread()
         return DataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -49,6 +49,13 @@ INTERPOLATIONS = {
 _MIN_CROP_SCALE = {"light": 0.35, "medium": 0.35, "strong": 0.15}
 
 
+def min_crop_scale(level: str) -> float:
+    """The smallest share of the image area a training crop keeps at ``level`` (1.0 for
+    ``none``, whose pipeline is the eval one)."""
+    _check_level(level)
+    return _MIN_CROP_SCALE.get(level, 1.0)
+
+
 def _check_level(level: str) -> None:
     if level not in AUGMENT_LEVELS:
         raise ValueError(
