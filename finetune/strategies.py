@@ -77,7 +77,16 @@ class Phase:
         self.apply_bn_policy(model)
 
     def apply_bn_policy(self, model: Backbone) -> None:
-        """Frozen stages in eval mode: BN uses stored statistics, dropout off."""
+        """Frozen stages in eval mode: BN uses stored statistics, dropout off.
+
+        A head-only phase (``linear``, lp-ft's probe) puts the whole network in eval mode,
+        the dropout before the classifier included: a linear probe is a linear layer on
+        the frozen network's features, and on cached features there is no dropout to
+        apply, so only this way do ``--no-feature-cache`` runs train the same head.
+        """
+        if not self.trainable_stages(model):
+            model.eval()
+            return
         for stage in self.frozen_stages(model):
             for module in stage.modules:
                 module.eval()

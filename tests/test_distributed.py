@@ -73,3 +73,41 @@ def test_torchrun_two_process_ddp_on_cpu(photos_dir, tmp_path):
     assert min(row["val_loss"] for row in history) == pytest.approx(m["val"]["loss"], abs=1e-4)
     # Same data, same seed, features from the shared cache: the probes agree closely.
     assert abs(m["test"]["accuracy"] - single["test"]["accuracy"]) <= 0.25
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_under_slurm_variables(photos_dir, tmp_path):
+    """Multi-node as srun starts it: one task per node, each told its rank only by SLURM's
+    variables (no torchrun), two "nodes" on this machine sharing the file system as
+    cluster nodes share one. Lightning must read them, and rank 0 alone must write."""
+    out = tmp_path / "slurm"
+    port = str(_free_port())
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK")}
+    cmd = [sys.executable, "-m", "finetune", "run", "--data", str(photos_dir), "--output", str(out),
+           "--devices", "1", "--num-nodes", "2", "--distributed", "ddp", *TINY]
+    procs = []
+    for node in (0, 1):
+        env = {**base, "FINETUNE_OFFLINE": "1", "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "finetune",
+               "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2",
+               "SLURM_NODELIST": "127.0.0.1", "SLURM_PROCID": str(node), "SLURM_LOCALID": "0",
+               "SLURM_NODEID": str(node), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True, env=env))
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert outputs[0][0].count("test accuracy") == 1 and "test accuracy" not in outputs[1][0]
+    assert list(out.rglob("metrics.json")) == [out / "metrics.json"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["distributed"] == {"strategy": "ddp", "num_nodes": 2, "world_size": 2}
+    history = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["finetune"]["history"]
+    assert len(history) == 2

@@ -155,3 +155,25 @@ def test_warmup_then_cosine_schedule():
     mid = steps_per_epoch + (total - steps_per_epoch) / 2
     assert lam(int(mid)) == pytest.approx(0.5 * (1 + math.cos(math.pi * (int(mid) - 3) / 9)))
     assert lam(total) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("feature_cache", [True, False])
+def test_a_linear_probe_trains_without_dropout(feature_cache):
+    """The head-only phase runs the network in eval mode, dropout included, so that the
+    uncached path (``--no-feature-cache``) trains the same head as cached features do."""
+    model = create_backbone("efficientnet_lite0", pretrained=False, num_classes=3)
+    assert model.drop_rate > 0  # the test needs a dropout to switch off
+    cfg = RunConfig(strategy="linear", feature_cache=feature_cache)
+    phase = plan(cfg, model)[0]
+    module = FinetuneModule(model, phase, cfg, classes=["a", "b", "c"])
+    module.train()
+    assert not any(m.training for m in model.modules())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+    # a phase that trains the backbone keeps its dropout
+    cfg = RunConfig(strategy="partial", unfreeze=1)
+    module = FinetuneModule(model, plan(cfg, model)[0], cfg, classes=["a", "b", "c"])
+    module.train()
+    assert model.training
+    torch.manual_seed(0)
+    assert not torch.equal(model(x), model(x))
