@@ -75,6 +75,17 @@ def on_gpu_normalised(loader, pretrained_cfg):
         yield prepare_batch(x, pretrained_cfg), y
 
 
+def loader_images_per_s(loader) -> float:
+    """The loader alone: how fast can the CPU side feed the GPU? Two passes; the second is
+    timed (the first starts the workers and fills their prefetch queues)."""
+    for _ in loader:
+        pass
+    n, start = 0, time.perf_counter()
+    for x, _ in loader:
+        n += x.shape[0]
+    return n / (time.perf_counter() - start)
+
+
 def make_model(channels_last: bool, compile_: bool):
     model = create_backbone("resnet50", num_classes=1000).to(DEVICE)
     if channels_last:
@@ -148,16 +159,7 @@ def main() -> None:
     cl, comp = best_name != "NCHW", "compile" in best_name
     model = make_model(cl, comp)
     loader = dm.train_dataloader()
-    # Data-loader alone: how fast can the CPU side feed the GPU?
-    # Two passes; the second is timed (the first fills the workers' prefetch queues).
-    n = 0
-    for epoch in range(2):
-        if epoch == 1:
-            t0 = time.perf_counter()
-        for x, _ in loader:
-            n += x.shape[0] if epoch == 1 else 0
-    loader_ips = n / (time.perf_counter() - t0)
-    record("data loader alone (decode + augment, no model)", loader_ips)
+    record("data loader alone (decode + augment, no model)", loader_images_per_s(loader))
     real = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps, warmup=args.warmup + (10 if comp else 0),
                        channels_last=cl)
     record(f"real-data pipeline, {best_name}", real,
@@ -174,13 +176,7 @@ def main() -> None:
     dm_cached.setup("fit")
     print(f"image cache built in {time.perf_counter() - start:.1f} s", flush=True)
     loader = dm_cached.train_dataloader()
-    n = 0
-    for epoch in range(2):
-        if epoch == 1:
-            t0 = time.perf_counter()
-        for x, _ in loader:
-            n += x.shape[0] if epoch == 1 else 0
-    record("data loader alone, --image-cache", n / (time.perf_counter() - t0))
+    record("data loader alone, --image-cache", loader_images_per_s(loader))
     real_cached = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps,
                               warmup=args.warmup, channels_last=cl)
     record(f"real-data pipeline + --image-cache, {best_name}", real_cached,
