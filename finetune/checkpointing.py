@@ -38,21 +38,60 @@ LAST = "last.ckpt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` with crash-safe writes and ``weights_only`` loads."""
+    """``TorchCheckpointIO`` with crash-safe writes and ``weights_only`` loads.
+
+    In an epoch where validation improves, Lightning saves the same moment twice: as
+    ``best.ckpt`` and as ``last.ckpt``. The second is then a hard link to the first,
+    made under a temporary name and renamed into place like any write, instead of a
+    second serialisation and fsync of the whole model (a linear probe of ResNet-50
+    would otherwise write 200 MB per epoch around a head that trains in milliseconds).
+    Every save replaces its file by rename, never in place, so a later write of either
+    name leaves the other one as it was. The two files differ only in Lightning's
+    bookkeeping of the ``last`` callback, which a resume does not need.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._previous: tuple[tuple[int, int], Path] | None = None  # (epoch, step), path
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options; got {storage_options!r}.")
+        path = Path(path)
+        moment = (checkpoint.get("epoch"), checkpoint.get("global_step"))
+        previous, self._previous = self._previous, None
+        if (previous is not None and None not in moment and previous[0] == moment
+                and previous[1] != path and previous[1].parent == path.parent
+                and _link_atomically(previous[1], path)):
+            self._previous = (moment, path)
+            return
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)  # fails here -> nothing on disk has changed
         atomic_write_bytes(path, buffer.getbuffer())
+        self._previous = (moment, path)
 
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)
+
+
+def _link_atomically(source: Path, path: Path) -> bool:
+    """Make ``path`` a hard link to ``source`` by link + rename; False where the file
+    system has no hard links (the caller then writes a copy)."""
+    if not source.is_file():
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:

@@ -154,6 +154,30 @@ def test_failed_write_after_serialisation_keeps_previous(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
+def test_same_moment_saved_twice_is_written_once(tmp_path, monkeypatch):
+    """best.ckpt and last.ckpt of one epoch: one serialisation, a hard link; a later
+    save of either name replaces it without touching the other."""
+    plugin = AtomicCheckpointIO()
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (saves.append(obj["epoch"]),
+                                                                  real_save(obj, f, *a, **k)))
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    epoch0 = {"epoch": 0, "global_step": 5, "state_dict": {"w": torch.zeros(3)}}
+    plugin.save_checkpoint(epoch0, best)
+    plugin.save_checkpoint(epoch0, last)
+    assert saves == [0]
+    assert best.stat().st_ino == last.stat().st_ino
+    epoch1 = {"epoch": 1, "global_step": 10, "state_dict": {"w": torch.ones(3)}}
+    plugin.save_checkpoint(epoch1, last)  # val did not improve: only last moves on
+    assert saves == [0, 1]
+    assert load_checkpoint(best)["state_dict"]["w"].tolist() == [0.0, 0.0, 0.0]
+    assert load_checkpoint(last)["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
+    plugin.save_checkpoint({"epoch": 1, "global_step": 11}, best)  # another moment: written
+    assert saves == [0, 1, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_run_survives_a_failed_checkpoint_write(four_dir, tmp_path, monkeypatch):
     """Inside a real run: the epoch-1 save dies half-written; epoch 0's checkpoints stay
     intact and loadable (and resumable: see the kill -9 test)."""
