@@ -245,11 +245,21 @@ def main(argv: list[str] | None = None) -> None:
     picks_by_method["2x2 rule (median split)"] = two_by_two(table, signals, cells)
     one_epoch, probe_cpu = one_epoch_each(table, cells)
     picks_by_method["one epoch each, keep the best"] = one_epoch
+    # Every method is scored on the same cells: those where each method's pick was run
+    # (a partial sweep may lack an arm some method picks). The others are listed.
+    scored = [c for c in cells if all(c in p and p[c] in table[c] for p in picks_by_method.values())]
+    unscored = {f"{t}-{s}": sorted({p[(t, s)] for p in picks_by_method.values()
+                                   if (t, s) in p and p[(t, s)] not in table[(t, s)]})
+                for t, s in cells if (t, s) not in scored}
     results = {}
     for name, picks in picks_by_method.items():
         extra = probe_cpu if name.startswith("one epoch") else None
-        results[name] = summary(regret_of(table, picks), picks, table, extra)
+        common = {c: a for c, a in picks.items() if c in scored}
+        results[name] = summary(regret_of(table, common), common, table, extra)
     text = markdown(results, table, picks_by_method, cells, chosen)
+    if unscored:
+        text += "\n\nCells left out of every method's score (a method picked an arm the sweep did not run):\n\n"
+        text += "\n".join(f"- {cell}: {', '.join(arms)}" for cell, arms in unscored.items())
     print(text)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -258,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
         "results": results,
         "picks": {name: {f"{t}-{s}": a for (t, s), a in picks.items()} for name, picks in picks_by_method.items()},
         "thresholds_loto": chosen,
+        "unscored_cells": unscored,
         "oracle": {f"{t}-{s}": arms for (t, s), arms in table.items()},
     }, indent=2) + "\n")
 
