@@ -29,7 +29,7 @@ from torch import nn
 from ._base import Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone, init_linear_head
 from ._registry import register_model
-from .resnet import ActFactory, get_act_layer
+from .layers import ActFactory, get_act_layer
 
 __all__ = ["AlexNet", "ConvLayer", "cfgs", "local_response_norm"]
 

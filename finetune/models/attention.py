@@ -16,14 +16,7 @@ import math
 import torch
 from torch import nn
 
-
-def make_divisible(value: float, divisor: int = 8) -> int:
-    """Round ``value`` to the nearest multiple of ``divisor`` (at least ``divisor``).
-
-    Hardware runs channel counts that are multiples of 8 faster; timm rounds the SE
-    bottleneck this way, and matching it keeps its checkpoints loadable.
-    """
-    return max(divisor, int(value + divisor / 2) // divisor * divisor)
+from .layers import make_divisible
 
 
 class SEModule(nn.Module):
@@ -35,7 +28,7 @@ class SEModule(nn.Module):
 
     def __init__(self, channels: int, rd_ratio: float = 1 / 16, rd_divisor: int = 8) -> None:
         super().__init__()
-        rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
+        rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
         # 1x1 convolutions on a (B, C, 1, 1) tensor are the paper's fully connected
         # layers, without reshaping back and forth.
         self.fc1 = nn.Conv2d(channels, rd_channels, kernel_size=1, bias=True)

@@ -32,7 +32,7 @@ from ._base import Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone, init_linear_head
 from ._registry import register_model
 from ._weights import StateDict
-from .resnet import get_act_layer
+from .layers import get_act_layer
 
 __all__ = ["DENSENET_ARCHS", "DenseBlock", "DenseLayer", "DenseNet", "DenseNetArch", "Transition"]
 

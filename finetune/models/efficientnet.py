@@ -37,6 +37,7 @@ from ._base import INCEPTION_MEAN, INCEPTION_STD, Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone, init_linear_head
 from ._registry import register_model
 from ._weights import StateDict
+from .layers import ConvNormAct, make_divisible
 
 __all__ = [
     "B0_STAGES",
@@ -53,18 +54,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> int:
-    """Round a channel count to the nearest multiple of ``divisor``.
-
-    Rounding down may not lose more than 10% of the channels (TensorFlow's rule, which
-    timm and torchvision copy); the scaled widths of every checkpoint depend on it.
-    """
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < round_limit * value:
-        rounded += divisor
-    return rounded
 
 
 def _same_pad(size: int, kernel: int, stride: int, dilation: int) -> int:
@@ -221,19 +210,6 @@ class InvertedResidual(nn.Module):
 # ------------------------------------------------ blocks, torchvision layout (B0-B7)
 
 
-class ConvBnAct(nn.Sequential):
-    """conv -> BN [-> act] as a Sequential, so the keys are torchvision's ``.0`` / ``.1``."""
-
-    def __init__(
-        self, in_chs: int, out_chs: int, kernel_size: int, *, stride: int = 1, groups: int = 1,
-        norm_layer: Callable[[int], nn.Module], act_layer: type[nn.Module] | None = nn.SiLU,
-    ) -> None:
-        layers = [create_conv2d(in_chs, out_chs, kernel_size, stride=stride, groups=groups), norm_layer(out_chs)]
-        if act_layer is not None:
-            layers.append(act_layer())
-        super().__init__(*layers)
-
-
 class MBConv(nn.Module):
     """The B0-B7 block in torchvision's layout: ``block`` = [expand], depthwise, SE, project.
 
@@ -251,11 +227,12 @@ class MBConv(nn.Module):
         self.drop_path_rate = drop_path_rate
         layers: list[nn.Module] = []
         if mid_chs != in_chs:
-            layers.append(ConvBnAct(in_chs, mid_chs, 1, norm_layer=norm_layer))
+            layers.append(ConvNormAct(in_chs, mid_chs, 1, norm_layer=norm_layer, act_layer=nn.SiLU))
         layers += [
-            ConvBnAct(mid_chs, mid_chs, kernel_size, stride=stride, groups=mid_chs, norm_layer=norm_layer),
+            ConvNormAct(mid_chs, mid_chs, kernel_size, stride=stride, groups=mid_chs, norm_layer=norm_layer,
+                        act_layer=nn.SiLU),
             SqueezeExcite(mid_chs, max(1, in_chs // 4)),
-            ConvBnAct(mid_chs, out_chs, 1, norm_layer=norm_layer, act_layer=None),
+            ConvNormAct(mid_chs, out_chs, 1, norm_layer=norm_layer, act_layer=None),
         ]
         self.block = nn.Sequential(*layers)
 
@@ -525,7 +502,7 @@ class EfficientNetTv(_EfficientNetPytorchKeys, Backbone):
         self.num_classes = num_classes
 
         in_chs = make_divisible(STEM_CHANNELS * width)
-        layers: list[nn.Module] = [ConvBnAct(3, in_chs, 3, stride=2, norm_layer=norm_layer)]
+        layers: list[nn.Module] = [ConvNormAct(3, in_chs, 3, stride=2, norm_layer=norm_layer, act_layer=nn.SiLU)]
         repeats = scale_repeats(stage_rows, depth)
         total, index = sum(repeats), 0
         for row, n in zip(stage_rows, repeats, strict=True):
@@ -539,7 +516,7 @@ class EfficientNetTv(_EfficientNetPytorchKeys, Backbone):
                 in_chs, index = out_chs, index + 1
             layers.append(nn.Sequential(*blocks))
         self.num_features = 4 * in_chs  # 1280 for B0, 2560 for B7
-        layers.append(ConvBnAct(in_chs, self.num_features, 1, norm_layer=norm_layer))
+        layers.append(ConvNormAct(in_chs, self.num_features, 1, norm_layer=norm_layer, act_layer=nn.SiLU))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(drop_rate), self._new_linear(num_classes))
         _init_weights(self)

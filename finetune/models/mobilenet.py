@@ -21,7 +21,7 @@ The architectures are the papers' tables, as data below: ``MOBILENET_V1_STAGES``
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -32,8 +32,7 @@ from torch import nn
 from ._base import INCEPTION_MEAN, INCEPTION_STD, Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone, init_linear_head
 from ._registry import register_model
-from .efficientnet import make_divisible
-from .resnet import _ACT_LAYERS, get_act_layer
+from .layers import ActFactory, ConvNormAct, NormFactory, get_act_layer, make_divisible
 
 __all__ = [
     "MOBILENET_V1_STAGES",
@@ -51,56 +50,11 @@ __all__ = [
     "MobileNetV2",
     "MobileNetV3",
     "SqueezeExcite",
-    "resolve_act_layer",
 ]
 
-ActFactory = Callable[[], nn.Module]
-NormFactory = Callable[[int], nn.Module]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def resolve_act_layer(act_layer: str | type[nn.Module] | ActFactory) -> ActFactory:
-    """ResNet's activation lookup plus "relu6", the MobileNets' default.
-
-    ReLU6 caps activations at 6, which keeps them in range for 8-bit inference on the
-    phones these networks were designed for; the published weights were trained with it.
-    """
-    if isinstance(act_layer, str) and act_layer.lower() == "relu6":
-        return partial(nn.ReLU6, inplace=True)
-    try:
-        return get_act_layer(act_layer)
-    except ValueError:
-        valid = ", ".join(dict.fromkeys(["relu6", *_ACT_LAYERS]))
-        raise ValueError(f"Unknown activation '{act_layer}'. Valid names: {valid}.") from None
-
-
-class ConvNormAct(nn.Sequential):
-    """conv -> BN [-> act] as a Sequential, so the keys are torchvision's ``.0`` / ``.1``.
-
-    No conv bias (the BN has its own shift); "same" padding for odd kernels.
-    """
-
-    def __init__(
-        self,
-        in_chs: int,
-        out_chs: int,
-        kernel_size: int = 3,
-        *,
-        stride: int = 1,
-        groups: int = 1,
-        norm_layer: NormFactory = nn.BatchNorm2d,
-        act_layer: ActFactory | None = None,
-    ) -> None:
-        conv = nn.Conv2d(
-            in_chs, out_chs, kernel_size, stride, padding=(kernel_size - 1) // 2,
-            groups=groups, bias=False,
-        )
-        layers = [conv, norm_layer(out_chs)]
-        if act_layer is not None:
-            layers.append(act_layer())
-        super().__init__(*layers)
 
 
 def _init_weights(model: nn.Module) -> None:
@@ -197,7 +151,7 @@ class MobileNetV1(Backbone):
         rows: Sequence[DsRow] = MOBILENET_V1_STAGES,
     ) -> None:
         super().__init__()
-        act = resolve_act_layer(act_layer)
+        act = get_act_layer(act_layer)
         self.drop_rate = drop_rate
         chs = make_divisible(V1_STEM_CHANNELS * width_mult)
         self.conv_stem = nn.Conv2d(3, chs, 3, stride=2, padding=1, bias=False)
@@ -327,7 +281,7 @@ class MobileNetV2(Backbone):
         rows: Sequence[IrRow] = MOBILENET_V2_ROWS,
     ) -> None:
         super().__init__()
-        act = resolve_act_layer(act_layer)
+        act = get_act_layer(act_layer)
         chs = make_divisible(V2_STEM_CHANNELS * width_mult)
         features: list[nn.Module] = [ConvNormAct(3, chs, 3, stride=2, act_layer=act)]
         self._spans: list[tuple[int, int]] = []  # features[start:end] of each row

@@ -17,9 +17,7 @@ where e is the block's expansion (1 for BasicBlock, 4 for Bottleneck).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -30,42 +28,9 @@ from ._base import Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone, init_linear_head
 from ._registry import register_model
 from .attention import create_attn
+from .layers import ACT_LAYERS, ActFactory, get_act_layer
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "get_act_layer"]
-
-ActFactory = Callable[[], nn.Module]
-
-# The activations compared in the lecture. In-place where the function allows it:
-# each block's activations overwrite a tensor nobody reads again, which saves memory.
-# PReLU learns its slope, so it adds one parameter per activation module.
-_ACT_LAYERS: dict[str, ActFactory] = {
-    "relu": partial(nn.ReLU, inplace=True),
-    "leaky_relu": partial(nn.LeakyReLU, negative_slope=0.01, inplace=True),
-    "prelu": nn.PReLU,
-    "elu": partial(nn.ELU, inplace=True),
-    "selu": partial(nn.SELU, inplace=True),
-}
-
-
-def get_act_layer(act_layer: str | type[nn.Module] | ActFactory) -> ActFactory:
-    """A factory for fresh activation modules, from a name, a module class or a factory."""
-    if isinstance(act_layer, str):
-        key = act_layer.lower().replace("-", "_")
-        if key not in _ACT_LAYERS:
-            raise ValueError(
-                f"Unknown activation '{act_layer}'. Valid names: {', '.join(_ACT_LAYERS)}."
-            )
-        return _ACT_LAYERS[key]
-    if isinstance(act_layer, type) and issubclass(act_layer, nn.Module):
-        if "inplace" in inspect.signature(act_layer).parameters:
-            return partial(act_layer, inplace=True)
-        return act_layer
-    if callable(act_layer):
-        return act_layer
-    raise TypeError(
-        f"act_layer must be a name ({', '.join(_ACT_LAYERS)}), an nn.Module class or a "
-        f"factory, not {act_layer!r}."
-    )
 
 
 def _conv3x3(in_chs: int, out_chs: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
@@ -91,7 +56,7 @@ class BasicBlock(nn.Module):
         downsample: nn.Module | None = None,
         groups: int = 1,
         base_width: int = 64,
-        act_layer: ActFactory = _ACT_LAYERS["relu"],
+        act_layer: ActFactory = ACT_LAYERS["relu"],
         attn_layer: str | None = None,
         stride_in_1x1: bool = False,
     ) -> None:
@@ -146,7 +111,7 @@ class Bottleneck(nn.Module):
         downsample: nn.Module | None = None,
         groups: int = 1,
         base_width: int = 64,
-        act_layer: ActFactory = _ACT_LAYERS["relu"],
+        act_layer: ActFactory = ACT_LAYERS["relu"],
         attn_layer: str | None = None,
         stride_in_1x1: bool = False,
     ) -> None:
