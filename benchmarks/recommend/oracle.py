@@ -121,6 +121,23 @@ def measure_signals(task_dir: Path, out: Path) -> None:
           f"in {rec.seconds:.0f} s", flush=True)
 
 
+def possible_picks(rec: dict) -> list[str]:
+    """The arms ``decide`` picks for these signals under every thresholds of the grid
+    that regret.py calibrates over (in grid order)."""
+    from dataclasses import replace
+    from itertools import product
+
+    from regret import GRID, arm_of
+
+    from finetune.recommend import Thresholds, decide
+
+    picks: dict[str, None] = {}
+    for values in product(*GRID.values()):
+        d = decide(rec["similarity"], rec["stats"], replace(Thresholds(), **dict(zip(GRID, values, strict=True))))
+        picks[arm_of(d.strategy, d.unfreeze)] = None
+    return list(picks)
+
+
 def main(argv: list[str] | None = None) -> None:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description="Run every strategy on every task (resumable).")
@@ -133,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--lrs", choices=("grid", "default"), default="grid",
                         help="grid: the arm's two learning rates; default: only the first")
+    parser.add_argument("--add-recommended", action="store_true",
+                        help="also run, per cell, every arm the recommender could pick there under "
+                             "any thresholds of regret.py's calibration grid (so its picks are scored)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU may be shared)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -152,8 +172,12 @@ def main(argv: list[str] | None = None) -> None:
                 sizes = task_sizes(task, tuple(args.sizes))
                 paths = build_task(task, args.root, sizes=tuple(sizes))
                 for size in sizes:
-                    measure_signals(paths[size], Path(args.signals_dir) / f"{task}-{size}.json")
-                    for arm in args.arms:
+                    signals = Path(args.signals_dir) / f"{task}-{size}.json"
+                    measure_signals(paths[size], signals)
+                    arms = list(args.arms)
+                    if args.add_recommended:
+                        arms += [a for a in possible_picks(json.loads(signals.read_text())) if a not in arms]
+                    for arm in arms:
                         grid = LR_GRID[ARMS[arm]["strategy"]]
                         for seed in args.seeds:
                             for lr in grid if args.lrs == "grid" else grid[:1]:
