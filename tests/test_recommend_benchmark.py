@@ -1,0 +1,72 @@
+"""The recommender benchmark's scoring (benchmarks/recommend/regret.py): learning rates
+chosen on validation, regret against the best arm, thresholds calibrated without the task
+being scored, and every method scored on the same cells."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "recommend"))
+import regret  # noqa: E402
+
+
+def _row(task, size, arm, lr, val, test, seed=0, cpu=1.0):
+    return {"task": task, "size": str(size), "arm": arm, "seed": str(seed), "lr": str(lr),
+            "val_accuracy": str(val), "val_accuracy_epoch1": "", "test_accuracy": str(test),
+            "cpu_s": str(cpu), "epochs": "5", "status": "ok"}
+
+
+def test_the_learning_rate_is_chosen_on_validation_never_on_test():
+    rows = [_row("t", 5, "full", 1e-3, val=0.9, test=0.5), _row("t", 5, "full", 3e-4, val=0.8, test=0.99),
+            _row("t", 5, "full", 1e-3, val=0.7, test=0.6, seed=1),
+            _row("t", 5, "full", 3e-4, val=0.75, test=0.8, seed=1)]
+    table = regret.load_oracle(rows)
+    # seed 0 keeps lr 1e-3 (val 0.9, test 0.5), seed 1 lr 3e-4 (val 0.75, test 0.8)
+    assert table[("t", 5)]["full"]["acc"] == pytest.approx((0.5 + 0.8) / 2)
+    assert table[("t", 5)]["full"]["seeds"] == 2
+
+
+def test_regret_is_the_best_arm_minus_the_pick_in_points():
+    table = {("t", 5): {"linear": {"acc": 0.90}, "full": {"acc": 0.95}}}
+    assert regret.regret_of(table, {("t", 5): "linear"}) == {("t", 5): pytest.approx(5.0)}
+    assert regret.regret_of(table, {("t", 5): "full"}) == {("t", 5): 0.0}
+    assert regret.regret_of(table, {("t", 5): "lp-ft"}) == {}  # not run: not scored
+
+
+def test_thresholds_are_calibrated_without_the_task_they_decide(monkeypatch):
+    """A toy decision: linear below `little_per_class` images per class, full above.
+    Tasks b and c want the line at 25 (full wins at 30/class); task a alone would want
+    it at 100. Leave-one-task-out must give a the line the other two chose."""
+    monkeypatch.setattr(regret, "GRID", {"little_per_class": (10.0, 25.0, 50.0, 100.0)})
+
+    def toy(rec, thr):
+        return "linear" if rec["per_class"] < thr.little_per_class else "full"
+
+    monkeypatch.setattr(regret, "recommended_arm", toy)
+    cells = [("a", 30), ("a", 60), ("b", 30), ("b", 60), ("c", 30), ("c", 60)]
+    signals = {c: {"per_class": c[1]} for c in cells}
+    best_full = {"linear": {"acc": 0.80}, "full": {"acc": 0.90}}
+    best_linear = {"linear": {"acc": 0.90}, "full": {"acc": 0.80}}
+    table = {c: (best_linear if c[0] == "a" else best_full) for c in cells}
+    picks, chosen = regret.leave_one_task_out(table, signals, cells)
+    assert chosen["a"]["little_per_class"] <= 25  # from b and c: full at 30 and 60
+    assert picks[("a", 30)] == picks[("a", 60)] == "full"  # so a, scored, has regret 10
+    # For b, a and c disagree (every line costs a mean of 5 points): ties keep the default.
+    assert chosen["b"]["little_per_class"] == chosen["c"]["little_per_class"] == 50.0
+    # Calibrated on all three tasks (a wrong protocol), a's own wish would weigh in:
+    everything = regret.calibrate(table, signals, [c for c in cells if c[0] == "a"], regret.Thresholds())
+    assert everything.little_per_class == 100.0
+
+
+def test_one_epoch_baseline_picks_by_first_epoch_validation():
+    table = {("t", 20): {
+        "linear": {"acc": 0.8, "val": 0.70, "val1": 0.5, "cpu": 2.0, "epochs": 100},
+        "full": {"acc": 0.9, "val": 0.95, "val1": 0.60, "cpu": 100.0, "epochs": 10},
+        "lp-ft": {"acc": 0.85, "val": 0.90, "val1": 0.75, "cpu": 60.0, "epochs": 10},
+    }}
+    picks, probe_cpu = regret.one_epoch_each(table, [("t", 20)])
+    assert picks == {("t", 20): "lp-ft"}  # 0.75 after one epoch beats linear's final 0.70
+    assert probe_cpu[("t", 20)] == pytest.approx(2.0 + 100.0 / 10 + 60.0 / 10)
