@@ -443,6 +443,10 @@ def test_datamodule_batches(small_splits):
     assert y.dtype == torch.int64
     assert dm.train_dataloader().drop_last is True
     assert dm.val_dataloader().drop_last is False
+    # Loaders without gradients take twice the training batch (large-batch evaluation).
+    assert dm.train_dataloader().batch_size == 4
+    assert dm.val_dataloader().batch_size == dm.test_dataloader().batch_size == 8
+    assert dm.eval_dataloader("train").batch_size == 8
 
     # Feature extraction: train split, no augmentation, file order, repeatable.
     loader = dm.eval_dataloader("train")

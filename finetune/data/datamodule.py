@@ -108,6 +108,7 @@ class FinetuneDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.augment = augment
         self.batch_size = batch_size
+        self.eval_batch_size = 2 * batch_size
         self.num_workers = num_workers
         self.balanced_sampling = balanced_sampling
         self.seed = seed
@@ -172,9 +173,9 @@ class FinetuneDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
         self._single_cv2_thread()
+        kwargs.setdefault("batch_size", self.batch_size)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -197,13 +198,18 @@ class FinetuneDataModule(pl.LightningDataModule):
             return self._loader(dataset, sampler=sampler, drop_last=drop_last, generator=generator)
         return self._loader(dataset, shuffle=True, drop_last=drop_last, generator=generator)
 
+    # Loaders without gradients (validation, test, feature extraction, reports) take
+    # batches twice the training size: inference keeps no activations for a backward
+    # pass, so twice the batch still needs far less memory than one training batch, and
+    # a GPU runs fewer, fuller launches. Eval-mode outputs do not depend on the batch.
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("val", augmented=False), shuffle=False)
+        return self.eval_dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self._dataset("test", augmented=False), shuffle=False)
+        return self.eval_dataloader("test")
 
     def eval_dataloader(self, split: str) -> DataLoader:
         """Eval transform, file order, no shuffle: for feature extraction (the train split
         WITHOUT augmentation), evaluation and reports."""
-        return self._loader(self._dataset(split, augmented=False), shuffle=False)
+        return self._loader(self._dataset(split, augmented=False), shuffle=False,
+                            batch_size=self.eval_batch_size)
