@@ -52,6 +52,10 @@ class Thresholds:
     # Little + different and below this per class: even lp-ft memorises the training
     # images, so the frozen features (a linear head) are the safer bet.
     very_little_per_class: float = 10.0
+    # Little + similar: when the frozen features still misclassify more than this share
+    # of the images, lp-ft (a gentle fine-tune from the probe's head) instead of a linear
+    # head. 1.0 = never, the grid's original rule; the benchmark calibrates it.
+    little_similar_lpft_error: float = 1.0
     # Similarity score = probe_weight * kappa + (1 - probe_weight) * exp(-shift / shift_scale),
     # kappa = (probe accuracy - chance) / (1 - chance), shift = the later stages' BN shift
     # left after early AdaBN (symmetric KL). Equal weights: neither signal is trusted alone
@@ -166,6 +170,14 @@ def decide(signals: dict, amount: dict, thr: Thresholds | None = None) -> Decisi
         return d
     if little:
         if similar:
+            if (error > thr.little_similar_lpft_error
+                    and amount["per_class_median"] >= thr.very_little_per_class):
+                d.strategy = "lp-ft"
+                d.reasons.append(
+                    f"little + similar, but the frozen features miss {error:.1%} of the images "
+                    f"(> {thr.little_similar_lpft_error:.0%}): lp-ft, a linear head first, then a "
+                    f"gentle fine-tune that starts from it")
+                return d
             d.reasons.append("little + similar: a new head on frozen features")
             return d
         best = signals["best_stage_name"]

@@ -263,6 +263,20 @@ def test_decision_cells_and_refinements():
     assert decide(no_bn, large).score == pytest.approx(no_bn["kappa"])
 
 
+def test_little_similar_gets_lp_ft_only_above_the_calibrated_error():
+    little = {"per_class_median": 20}
+    sig = _signals()  # probe 0.9: error 10 %
+    assert decide(sig, little).strategy == "linear"  # default 1.0: never
+    d = decide(sig, little, Thresholds(little_similar_lpft_error=0.05))
+    assert d.strategy == "lp-ft" and "miss 10.0%" in d.reasons[-1]
+    assert decide(sig, little, Thresholds(little_similar_lpft_error=0.15)).strategy == "linear"
+    # under very_little_per_class the linear head stays, unless that line is 0
+    tiny = {"per_class_median": 5}
+    assert decide(sig, tiny, Thresholds(little_similar_lpft_error=0.05)).strategy == "linear"
+    assert decide(sig, tiny, Thresholds(little_similar_lpft_error=0.05,
+                                        very_little_per_class=0)).strategy == "lp-ft"
+
+
 def test_budget_trades_epochs_then_strategy(digits_rec, lite0):
     sig = digits_rec.similarity
     amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,

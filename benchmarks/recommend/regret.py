@@ -45,6 +45,11 @@ GRID = {
     "similar_score": (0.5, 0.6, 0.7, 0.8),
     "headroom": (0.0, 0.02, 0.05),
     "lpft_kappa": (0.4, 0.6, 0.8),
+    # Added after the first look at the 2026-11-26 sweep (docs/recommend.md says so):
+    # whether little + similar data with probe error above this gets lp-ft (1.0: never),
+    # and whether under 10 images per class always means a linear head (0: never).
+    "little_similar_lpft_error": (0.02, 0.05, 0.1, 1.0),
+    "very_little_per_class": (0.0, 10.0),
 }
 
 Cell = tuple[str, int]  # (task, size)
