@@ -202,7 +202,8 @@ def one_epoch_each(table: dict, cells: list[Cell]) -> tuple[dict[Cell, str], dic
     return picks, probe_cpu
 
 
-def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell], chosen: dict) -> str:
+def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell], chosen: dict,
+             signals: dict) -> str:
     lines = ["| method | cells | mean regret | median | worst | hit rate | mean CPU s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in results.items():
@@ -220,6 +221,18 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         rec = picks_by_method.get("recommender (LOTO)", {}).get(cell, "-")
         accs = " | ".join(f"{100 * row[a]['acc']:.1f}" if a in row else "-" for a in arms)
         lines.append(f"| {cell[0]} | {cell[1]} | {accs} | {best} | {rec} |")
+    lines += ["", "What the recommender measured (train + val images only) and what it picked:", "",
+              "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN "
+              "| cell (default thresholds) | default pick | LOTO pick |",
+              "|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for cell in cells:
+        sim = signals[cell]["similarity"]
+        d = decide(sim, signals[cell]["stats"], Thresholds())
+        after = sim.get("shift_later_after_early_adabn")
+        lines.append(
+            f"| {cell[0]} | {cell[1]} | {sim['probe_accuracy']:.3f} | {sim['kappa']:.2f} | {d.score:.2f} | "
+            f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | "
+            f"{arm_of(d.strategy, d.unfreeze)} | {picks_by_method.get('recommender (LOTO)', {}).get(cell, '-')} |")
     lines += ["", "Thresholds chosen leave-one-task-out (each used only on the task named):", ""]
     for task, thr in chosen.items():
         lines.append(f"- {task}: " + ", ".join(f"{k}={v:g}" for k, v in thr.items()))
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         extra = probe_cpu if name.startswith("one epoch") else None
         common = {c: a for c, a in picks.items() if c in scored}
         results[name] = summary(regret_of(table, common), common, table, extra)
-    text = markdown(results, table, picks_by_method, cells, chosen)
+    text = markdown(results, table, picks_by_method, cells, chosen, signals)
     if unscored:
         text += "\n\nCells left out of every method's score (a method picked an arm the sweep did not run):\n\n"
         text += "\n".join(f"- {cell}: {', '.join(arms)}" for cell, arms in unscored.items())
