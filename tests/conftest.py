@@ -15,16 +15,20 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _feature_cache_dir(tmp_path_factory):
-    """Cached features (finetune/feature_cache.py) go to the session's temporary folder,
-    never the user's ~/.cache; child processes inherit it through the environment."""
-    before = os.environ.get("FINETUNE_CACHE_DIR")
-    os.environ["FINETUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("feature-cache"))
+def _cache_dirs(tmp_path_factory):
+    """Cached features (finetune/feature_cache.py) and decoded images (data/image_cache.py)
+    go to the session's temporary folders, never the user's ~/.cache; child processes
+    inherit them through the environment."""
+    names = {"FINETUNE_CACHE_DIR": "feature-cache", "FINETUNE_IMAGE_CACHE_DIR": "image-cache"}
+    before = {name: os.environ.get(name) for name in names}
+    for name, folder in names.items():
+        os.environ[name] = str(tmp_path_factory.mktemp(folder))
     yield
-    if before is None:
-        os.environ.pop("FINETUNE_CACHE_DIR", None)
-    else:
-        os.environ["FINETUNE_CACHE_DIR"] = before
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
