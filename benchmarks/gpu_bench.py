@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("/tmp/finetune-gpu-data"))
     parser.add_argument("--per-class", type=int, default=500)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--run-epochs", type=int, default=3)
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -117,30 +118,43 @@ def main() -> None:
     bs, size = args.batch_size, args.image_size
     rows = []
 
+    t0 = time.perf_counter()
+
     def record(name, ips, note=""):
-        rows.append({"config": name, "images_per_s": round(ips, 1), "note": note})
-        print(f"{name:<52} {ips:>9.1f} img/s  {note}", flush=True)
+        rows.append({"config": name, "images_per_s": round(ips, 1), "note": note,
+                     "elapsed_s": round(time.perf_counter() - t0, 1)})
+        print(f"{name:<52} {ips:>9.1f} img/s  {note}  [t={time.perf_counter() - t0:.0f} s]",
+              flush=True)
+        if args.json_out:  # after every row, so a run cut short keeps what it measured
+            args.json_out.write_text(json.dumps({
+                "gpu": gpu_name, "torch": torch.__version__, "batch_size": bs,
+                "image_size": size, "workers": args.workers, "rows": rows}, indent=2))
 
     print(f"GPU: {gpu_name}, torch {torch.__version__}, batch {bs}, {size} px, "
           f"bf16 autocast, {os.cpu_count()} CPU cores, {args.workers} loader workers", flush=True)
 
-    # 1. Synthetic data: the model's ceiling.
+    # 1. Synthetic data: the model's ceiling. The models are kept, so the real-data runs
+    #    below reuse them (a compiled model is compiled once).
     variants = [("NCHW", False, False), ("channels_last", True, False)]
     if not args.skip_compile:
         variants.append(("channels_last + torch.compile", True, True))
-    synth = {}
+    synth, models = {}, {}
     for name, cl, comp in variants:
         model = make_model(cl, comp)
         warmup = args.warmup + (10 if comp else 0)
         synth[name] = train_steps(model, synthetic(bs, size), steps=args.steps, warmup=warmup,
                                   channels_last=cl)
         record(f"synthetic, {name}", synth[name])
+        if cl:
+            models[name] = (model, cl)
         del model
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
-    # 2. The real-data pipeline: PNG decode + albumentations (RandomResizedCrop, flip,
-    #    normalise) in DataLoader workers, pinned memory, the same model step.
+    # 2. The real-data pipeline: PNG decode + albumentations (RandomResizedCrop, flip) in
+    #    DataLoader workers, uint8 batches in pinned memory normalised on the GPU, the same
+    #    model step; then the same with the decoded-image cache (--image-cache): decoded
+    #    once, then read from a memory map, with the same augmentations.
     from finetune.data import FinetuneDataModule, discover
     from finetune.data.builtin import build_dataset
 
@@ -149,65 +163,51 @@ def main() -> None:
     splits = discover(data, val_fraction=0.02, test_fraction=0.02, seed=0)
     print(f"data: {len(splits.train)} training images at 288 px, built and verified in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
-    model = create_backbone("resnet50", num_classes=len(splits.classes))
-    dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=size, augment="light",
-                            batch_size=bs, num_workers=args.workers,
-                            normalize_on_device=DEVICE == "cuda")
-    cfg_pre = model.pretrained_cfg
-    dm.setup("fit")
-    best_name = max(synth, key=synth.get)
-    cl, comp = best_name != "NCHW", "compile" in best_name
-    model = make_model(cl, comp)
-    loader = dm.train_dataloader()
-    record("data loader alone (decode + augment, no model)", loader_images_per_s(loader))
-    real = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps, warmup=args.warmup + (10 if comp else 0),
-                       channels_last=cl)
-    record(f"real-data pipeline, {best_name}", real,
-           f"{100 * real / synth[best_name]:.0f}% of synthetic")
-    del loader
+    cfg_pre = create_backbone("resnet50", num_classes=len(splits.classes)).pretrained_cfg
+    cache_dir = str(args.data_root / "image-cache")
+    for label, cached in (("", False), (" + --image-cache", True)):
+        start = time.perf_counter()
+        dm = FinetuneDataModule(splits, cfg_pre, image_size=size, augment="light",
+                                batch_size=bs, num_workers=args.workers,
+                                normalize_on_device=DEVICE == "cuda", image_cache=cached,
+                                image_cache_dir=cache_dir if cached else None)
+        dm.setup("fit")
+        if cached:
+            print(f"image cache built in {time.perf_counter() - start:.1f} s", flush=True)
+        loader = dm.train_dataloader()
+        record(f"data loader alone{label}", loader_images_per_s(loader),
+               "decode + augment, no model")
+        for name, (model, cl) in models.items():
+            warmup = args.warmup + (10 if "compile" in name else 0)
+            real = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps,
+                               warmup=warmup, channels_last=cl)
+            record(f"real-data pipeline{label}, {name}", real,
+                   f"{100 * real / synth[name]:.0f}% of synthetic")
+        del loader, dm
+    del models
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
-    # 2b. The same with the decoded-image cache (--image-cache): decoded once, then read
-    #     from a memory map; RandomResizedCrop, flip and the rest as before.
-    start = time.perf_counter()
-    dm_cached = FinetuneDataModule(splits, cfg_pre, image_size=size, augment="light",
-                                   batch_size=bs, num_workers=args.workers,
-                                   normalize_on_device=DEVICE == "cuda", image_cache=True,
-                                   image_cache_dir=str(args.data_root / "image-cache"))
-    dm_cached.setup("fit")
-    print(f"image cache built in {time.perf_counter() - start:.1f} s", flush=True)
-    loader = dm_cached.train_dataloader()
-    record("data loader alone, --image-cache", loader_images_per_s(loader))
-    real_cached = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps,
-                              warmup=args.warmup, channels_last=cl)
-    record(f"real-data pipeline + --image-cache, {best_name}", real_cached,
-           f"{100 * real_cached / synth[best_name]:.0f}% of synthetic")
-    del model, loader
-
-    # 3. `finetune run --strategy full` itself (Lightning, bf16-mixed, channels_last).
+    # 3. `finetune run --strategy full` itself (Lightning, bf16-mixed, channels_last), then
+    #    with --image-cache (the cache built above is reused), then also with --compile.
     from finetune.config import RunConfig
     from finetune.train import run
 
-    out = args.data_root / "run-full"
-    cfg = RunConfig(data=str(data), output=str(out), backbone="resnet50", weights="none",
-                    strategy="full", epochs=2, batch_size=bs, image_size=size,
-                    num_workers=args.workers, val_fraction=0.02, test_fraction=0.02,
-                    accelerator="gpu" if DEVICE == "cuda" else "cpu")
-    m = run(cfg, overwrite=True, progress=False).metrics
-    record("finetune run --strategy full (2 epochs, Lightning)", m["images_per_s"],
-           "includes epoch-1 warm-up, validation and checkpoint writes")
-    # The same run with the decoded-image cache (built in 2b, reused here) and, unless
-    # --skip-compile, torch.compile: what a user gets from the two flags.
-    fast = cfg.replace(image_cache=True, image_cache_dir=str(args.data_root / "image-cache"),
-                       compile=not args.skip_compile)
-    m = run(fast, overwrite=True, progress=False).metrics
-    flags = "--image-cache" + ("" if args.skip_compile else " --compile")
-    record(f"finetune run --strategy full {flags} (2 epochs)", m["images_per_s"],
-           "as above; compile time included" if fast.compile else "as above")
-
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"gpu": gpu_name,
-                                             "torch": torch.__version__, "batch_size": bs,
-                                             "image_size": size, "rows": rows}, indent=2))
+    cfg = RunConfig(data=str(data), output=str(args.data_root / "run-full"), backbone="resnet50",
+                    weights="none", strategy="full", epochs=args.run_epochs, batch_size=bs,
+                    image_size=size, num_workers=args.workers, val_fraction=0.02,
+                    test_fraction=0.02, accelerator="gpu" if DEVICE == "cuda" else "cpu")
+    fixed = "includes worker start-up, validation and checkpoint writes"
+    runs = [("", cfg, fixed),
+            (" --image-cache", cfg.replace(image_cache=True, image_cache_dir=cache_dir), fixed)]
+    if not args.skip_compile:
+        runs.append((" --image-cache --compile",
+                     cfg.replace(image_cache=True, image_cache_dir=cache_dir, compile=True),
+                     fixed + " and compile time"))
+    for flags, run_cfg, note in runs:
+        m = run(run_cfg, overwrite=True, progress=False).metrics
+        record(f"finetune run --strategy full{flags} ({args.run_epochs} epochs)",
+               m["images_per_s"], note)
 
 
 if __name__ == "__main__":
