@@ -168,13 +168,7 @@ def main() -> None:
           f"{time.perf_counter() - start:.0f} s", flush=True)
     cfg_pre = create_backbone("resnet50", num_classes=len(splits.classes)).pretrained_cfg
     cache_dir = str(args.data_root / "image-cache")
-    import finetune.data.datamodule as datamodule_mod
-
-    whole = lambda batch_size, num_workers: 1  # noqa: E731 - one worker per batch, as DataLoader does
-    made_in_parts = datamodule_mod.batch_parts
-    for label, cached, parts in (("", False, True), (" + --image-cache, whole batches", True, False),
-                                 (" + --image-cache", True, True)):
-        datamodule_mod.batch_parts = made_in_parts if parts else whole
+    for label, cached in (("", False), (" + --image-cache", True)):
         start = time.perf_counter()
         dm = FinetuneDataModule(splits, cfg_pre, image_size=size, augment="light",
                                 batch_size=bs, num_workers=args.workers,
@@ -182,10 +176,10 @@ def main() -> None:
                                 image_cache_dir=cache_dir if cached else None)
         dm.setup("fit")
         if cached:
-            print(f"image cache ready in {time.perf_counter() - start:.1f} s", flush=True)
+            print(f"image cache built in {time.perf_counter() - start:.1f} s", flush=True)
         loader = dm.train_dataloader()
         record(f"data loader alone{label}", loader_images_per_s(loader),
-               f"decode + augment, no model; each batch in {loader.parts} part(s)")
+               "decode + augment, no model")
         for name, (model, cl) in models.items():
             warmup = args.warmup + (10 if "compile" in name else 0)
             real = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps,
@@ -193,7 +187,6 @@ def main() -> None:
             record(f"real-data pipeline{label}, {name}", real,
                    f"{100 * real / synth[name]:.0f}% of synthetic")
         del loader, dm
-    datamodule_mod.batch_parts = made_in_parts
     del models
     if DEVICE == "cuda":
         torch.cuda.empty_cache()

@@ -460,23 +460,6 @@ def test_datamodule_batches(small_splits):
         dm.eval_dataloader("holdout")
 
 
-def test_datamodule_makes_batches_in_parts_with_workers(tmp_path):
-    """With several workers each batch is made in parts (finetune.data.loader); the
-    batches are the same size, and evaluation input the same tensors, as without."""
-    splits = discover(make_class_folders(tmp_path / "data", {"a": 24, "b": 24}),
-                      val_fraction=0.1, test_fraction=0.1, verify=False)
-    plain = FinetuneDataModule(splits, HALF, batch_size=16, num_workers=0)
-    parted = FinetuneDataModule(splits, HALF, batch_size=16, num_workers=2)
-    assert plain.train_dataloader().parts == 1
-    assert parted.train_dataloader().parts == 2 and parted.train_dataloader().batch_size == 8
-    assert parted.eval_dataloader("train").parts == 2  # 32 in parts of 16
-    x, y = next(iter(parted.train_dataloader()))
-    assert x.shape[0] == 16 and y.shape == (16,)
-    pairs = zip(plain.eval_dataloader("train"), parted.eval_dataloader("train"), strict=True)
-    for (xa, ya), (xb, yb) in pairs:
-        assert torch.equal(xa, xb) and torch.equal(ya, yb)
-
-
 def test_small_train_set_keeps_last_batch(small_splits):
     dm = FinetuneDataModule(small_splits, HALF, batch_size=64)
     assert dm.train_dataloader().drop_last is False

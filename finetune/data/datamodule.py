@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_wor
 
 from .image_cache import ImageStore, cached_images, train_side
 from .images import load_image
-from .loader import BatchPartsLoader, batch_parts
 from .sources import SPLITS, DataSplits
 from .transforms import build_transform, jpeg_draft_size, min_crop_scale, resolve_sizes
 
@@ -172,15 +171,11 @@ class FinetuneDataModule(pl.LightningDataModule):
             # the parent's pool, which the child inherited without its threads.
             cv2.setNumThreads(1)
 
-    def _loader(self, dataset: ImageDataset, *, batch_size: int, **kwargs) -> DataLoader:
+    def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
         self._single_cv2_thread()
-        # With several workers each batch is made in parts, one per worker, so the first
-        # batch of an epoch waits for a part, not for one worker to make a whole batch.
-        parts = batch_parts(batch_size, self.num_workers)
-        return BatchPartsLoader(
+        kwargs.setdefault("batch_size", self.batch_size)
+        return DataLoader(
             dataset,
-            batch_size=batch_size // parts,
-            parts=parts,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -200,10 +195,8 @@ class FinetuneDataModule(pl.LightningDataModule):
             sampler = WeightedRandomSampler(
                 weights, num_samples=len(dataset), replacement=True, generator=generator
             )
-            return self._loader(dataset, batch_size=self.batch_size, sampler=sampler,
-                                drop_last=drop_last, generator=generator)
-        return self._loader(dataset, batch_size=self.batch_size, shuffle=True, drop_last=drop_last,
-                            generator=generator)
+            return self._loader(dataset, sampler=sampler, drop_last=drop_last, generator=generator)
+        return self._loader(dataset, shuffle=True, drop_last=drop_last, generator=generator)
 
     # Loaders without gradients (validation, test, feature extraction, reports) take
     # batches twice the training size: inference keeps no activations for a backward
