@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -60,11 +61,19 @@ def table(rows: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, payload: dict, out: Path | None = None) -> Path:
+def write_results(name: str, payload: dict, out: Path | None = None, *, env: dict | None = None) -> Path:
+    """Write ``payload`` to ``benchmarks/results/<name>.json`` (or ``out``), after the
+    fields every result file carries: the machine (``env``, read before the runs, or now),
+    the load average after the runs and the command that made it."""
     from finetune.io import atomic_write_json
 
     path = out or RESULTS / f"{name}.json"
-    atomic_write_json(path, payload)
+    atomic_write_json(path, {
+        "machine": env or machine(),
+        "load_average_after": machine().get("load_average_1_5_15min"),
+        "command": "python " + " ".join(sys.argv),
+        **payload,
+    })
     return path
 
 

@@ -220,13 +220,11 @@ def main() -> None:
     print()
     print(table(head_rows, ["fit", "time_s", "C", "val_acc", "test_acc"]))
     path = write_results("linear_cache", {
-        "machine": env, "load_average_after": machine().get("load_average_1_5_15min"),
-        "command": "python " + " ".join(sys.argv),
         "setup": {"images": 8 * args.per_class, "image_size": args.size, "epochs": args.epochs,
                   "torch_threads": torch.get_num_threads(),
                   "backbone": "efficientnet_lite0", "batch_size": 32, "Cs": list(DEFAULT_CS)},
         "runs": rows + hard_rows, "ratios": ratios, "head_fit": head_rows,
-    }, args.out)
+    }, args.out, env=env)
     print(f"\nWritten to {path}")
     shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 

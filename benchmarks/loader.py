@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch  # noqa: E402
-from _common import load_now, machine, table, write_results  # noqa: E402
+from _common import load_now, table, write_results  # noqa: E402
 
 from finetune.data import FinetuneDataModule, discover  # noqa: E402
 from finetune.data.builtin import build_dataset  # noqa: E402
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         columns = ["workers", "images", "decode_img_s", "cache_img_s", "speedup", "cache_build_s",
                    "cache_mb", "train_side", "load_1min"]
         print("\n" + table(rows, columns))
-        payload = {"machine": machine(), "args": vars(args) | {"out": str(args.out)}, "rows": rows}
+        payload = {"args": vars(args) | {"out": str(args.out)}, "rows": rows}
         print("wrote", write_results("loader", payload, args.out))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -134,12 +134,10 @@ def main() -> None:
     print()
     print(table(growth, list(growth[0])))
     path = write_results("memory", {
-        "machine": env, "load_average_after": machine().get("load_average_1_5_15min"),
-        "command": "python " + " ".join(sys.argv),
         "setup": {"image_size": args.size, "epochs": args.epochs, "backbone": "efficientnet_lite0",
                   "batch_size": 64, "torch_threads_in_runs": args.threads},
         "runs": rows, "growth": growth,
-    }, args.out)
+    }, args.out, env=env)
     print(f"\nWritten to {path}")
     shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 

@@ -91,12 +91,10 @@ def main() -> None:
     print()
     print(table(fits, list(fits[0])))
     path = write_results("scaling", {
-        "machine": env, "load_average_after": machine().get("load_average_1_5_15min"),
-        "command": "python " + " ".join(sys.argv),
         "setup": {"image_size": args.size, "epochs": 1, "backbone": "efficientnet_lite0",
                   "batch_size": 32, "sizes": args.sizes},
         "runs": rows, "fits": fits,
-    }, args.out)
+    }, args.out, env=env)
     print(f"\nWritten to {path}")
     shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 

@@ -273,13 +273,11 @@ def main() -> None:
     print()
     print(table(decode, list(decode[0])))
     path = write_results("throughput", {
-        "machine": env, "load_average_after": machine().get("load_average_1_5_15min"),
-        "command": "python " + " ".join(sys.argv),
         "setup": {"images": len(splits.train), "image_size": args.size, "batch_size": args.batch_size,
                   "epochs": args.epochs, "repeats": args.repeats, "skip_steps": args.skip, "backbone": "efficientnet_lite0",
                   "loader_workers": workers, "torch_threads": torch.get_num_threads()},
         "runs": rows, "ratios": ratios, "loader_alone": loaders, "decode": decode,
-    }, args.out)
+    }, args.out, env=env)
     print(f"\nWritten to {path}")
     shutil.rmtree(work, ignore_errors=True)  # datasets, runs and caches of this invocation
 

@@ -447,6 +447,9 @@ def test_datamodule_batches(small_splits):
     assert dm.train_dataloader().batch_size == 4
     assert dm.val_dataloader().batch_size == dm.test_dataloader().batch_size == 8
     assert dm.eval_dataloader("train").batch_size == 8
+    # The unaugmented train set is made once (with the image cache that stats every file).
+    assert dm.eval_dataloader("train").dataset is dm.eval_dataloader("train").dataset
+    assert dm.eval_dataloader("train").dataset.transform is dm.eval_transform
 
     # Feature extraction: train split, no augmentation, file order, repeatable.
     loader = dm.eval_dataloader("train")

@@ -131,6 +131,7 @@ class FinetuneDataModule(pl.LightningDataModule):
         self.eval_side = resize
         self.train_side = train_side(size, resize, min_crop_scale(augment))
         self.datasets: dict[str, ImageDataset] = {}
+        self._train_unaugmented: ImageDataset | None = None
 
     @property
     def num_classes(self) -> int:
@@ -160,7 +161,12 @@ class FinetuneDataModule(pl.LightningDataModule):
             raise ValueError(f"Unknown split '{split}'. Valid splits: {', '.join(SPLITS)}.")
         self.setup()
         if split == "train" and not augmented:
-            return self._make(self.splits.train, self.eval_transform, "train", self.eval_side)
+            # Made on first use (feature extraction, reports) and kept: with the image
+            # cache, making it stats every training file to find the cache entry.
+            if self._train_unaugmented is None:
+                self._train_unaugmented = self._make(self.splits.train, self.eval_transform, "train",
+                                                     self.eval_side)
+            return self._train_unaugmented
         return self.datasets[split]
 
     def _single_cv2_thread(self) -> None:
