@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_wor
 
 from .image_cache import ImageStore, cached_images, train_side
 from .images import load_image
+from .loader import ContinuousLoader
 from .sources import SPLITS, DataSplits
 from .transforms import build_transform, jpeg_draft_size, min_crop_scale, resolve_sizes
 
@@ -177,10 +178,11 @@ class FinetuneDataModule(pl.LightningDataModule):
             # the parent's pool, which the child inherited without its threads.
             cv2.setNumThreads(1)
 
-    def _loader(self, dataset: ImageDataset, **kwargs) -> DataLoader:
+    def _loader(self, dataset: ImageDataset, *, loader_cls: type[DataLoader] = DataLoader,
+                **kwargs) -> DataLoader:
         self._single_cv2_thread()
         kwargs.setdefault("batch_size", self.batch_size)
-        return DataLoader(
+        return loader_cls(
             dataset,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -190,6 +192,8 @@ class FinetuneDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Augmented, shuffled (or class-balanced), ragged last batch dropped. With workers
+        a ``ContinuousLoader``: they make the next epoch's batches while this one ends."""
         dataset = self._dataset("train", augmented=True)
         generator = torch.Generator().manual_seed(self.seed)
         # Dropping a ragged last batch keeps BatchNorm away from batches of one, but only
@@ -201,8 +205,10 @@ class FinetuneDataModule(pl.LightningDataModule):
             sampler = WeightedRandomSampler(
                 weights, num_samples=len(dataset), replacement=True, generator=generator
             )
-            return self._loader(dataset, sampler=sampler, drop_last=drop_last, generator=generator)
-        return self._loader(dataset, shuffle=True, drop_last=drop_last, generator=generator)
+            return self._loader(dataset, loader_cls=ContinuousLoader, sampler=sampler,
+                                drop_last=drop_last, generator=generator)
+        return self._loader(dataset, loader_cls=ContinuousLoader, shuffle=True, drop_last=drop_last,
+                            generator=generator)
 
     # Loaders without gradients (validation, test, feature extraction, reports) take
     # batches twice the training size: inference keeps no activations for a backward
