@@ -83,6 +83,18 @@ def test_an_unfinished_epoch_does_not_shift_the_next():
     assert epochs(loader, 1) == [expected[1]]
 
 
+def test_lightning_teardown_stops_the_workers_and_a_later_epoch_restarts():
+    from pytorch_lightning.utilities.combined_loader import _shutdown_workers_and_reset_iterator
+
+    loader = ContinuousLoader(Numbered(16), batch_size=4, num_workers=2)
+    it = iter(loader)
+    next(it)  # an epoch left after one batch, then fit ends
+    stream = loader._iterator
+    _shutdown_workers_and_reset_iterator(loader)  # what Lightning does at the end of fit
+    assert loader._iterator is None and not any(w.is_alive() for w in stream._workers)
+    assert epochs(loader, 1) == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]]]
+
+
 def test_an_empty_loader_ends():
     assert list(ContinuousLoader(Numbered(3), batch_size=4, drop_last=True, num_workers=2)) == []
 

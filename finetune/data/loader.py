@@ -53,7 +53,6 @@ class ContinuousLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._stream: Iterator[Any] | None = None
         self._left_in_pass = 0  # batches of the current pass not yet handed out
 
     @property
@@ -69,9 +68,13 @@ class ContinuousLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         if self.num_workers == 0:
             return super().__iter__()
-        if self._stream is None:
-            self._stream = self._get_iterator()
-        return self._epoch(self._stream)
+        # The stream lives where DataLoader keeps a persistent-workers iterator, so that
+        # Lightning's end-of-fit teardown (``_iterator._shutdown_workers()``, then None)
+        # stops these workers too; a later epoch then starts a fresh stream.
+        if self._iterator is None:
+            self._iterator = self._get_iterator()
+            self._left_in_pass = 0
+        return self._epoch(self._iterator)
 
     def _epoch(self, stream: Iterator[Any]) -> Iterator[Any]:
         # An epoch left unfinished (an error, a step limit) leaves part of its pass in the
