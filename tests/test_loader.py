@@ -107,8 +107,8 @@ def test_ddp_ranks_reshuffle_every_epoch(in_hook):
     epoch itself, before its workers start on it."""
     data = Numbered(16)
 
-    def make():
-        return ContinuousLoader(data, batch_size=4, shuffle=True, num_workers=2)
+    def make():  # 2 batches per rank and epoch, 8 in flight: the workers run 4 passes ahead
+        return ContinuousLoader(data, batch_size=4, shuffle=True, num_workers=2, prefetch_factor=4)
 
     if in_hook:
         with _replace_dunder_methods(DataLoader, "dataset"):
@@ -119,9 +119,12 @@ def test_ddp_ranks_reshuffle_every_epoch(in_hook):
         sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=3)
         ranked = _update_dataloader(loader, sampler)
         assert type(ranked) is ContinuousLoader
-        got = epochs(ranked, 2)
+        got = []
+        for epoch in range(8):
+            ranked.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+            got += epochs(ranked, 1)
         reference = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=3)
         for epoch, batches in enumerate(got):
             reference.set_epoch(epoch)
             assert sum(batches, []) == list(reference)
-        assert got[0] != got[1]
+        assert len({str(batches) for batches in got}) == 8  # a new shuffle every epoch

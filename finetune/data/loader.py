@@ -19,6 +19,7 @@ and it is a plain ``DataLoader``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -26,18 +27,24 @@ from torch.utils.data import DataLoader
 
 
 class _Passes:
-    """``batch_sampler``'s index lists, pass after pass, without end."""
+    """``batch_sampler``'s index lists, pass after pass, without end.
+
+    A sampler with ``set_epoch`` (``DistributedSampler``) gets epoch ``start + k`` before
+    pass ``k``, ``start`` being its epoch when the first pass began. The count is kept
+    here, not read back from the sampler: with short epochs the workers run several
+    passes ahead, and Lightning's own ``set_epoch(e)`` at the start of epoch ``e`` lands
+    in between and must not move the passes already counted.
+    """
 
     def __init__(self, batch_sampler: Iterable[list[int]]) -> None:
         self.batch_sampler = batch_sampler
 
     def __iter__(self) -> Iterator[list[int]]:
         sampler = getattr(self.batch_sampler, "sampler", None)
-        first = True
-        while True:
-            if not first and hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(getattr(sampler, "epoch", 0) + 1)
-            first = False
+        start = getattr(sampler, "epoch", 0)
+        for k in itertools.count():
+            if k and hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(start + k)
             empty = True
             for indices in self.batch_sampler:
                 empty = False
