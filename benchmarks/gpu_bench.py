@@ -170,21 +170,19 @@ def main() -> None:
     cache_dir = str(args.data_root / "image-cache")
     from torch.utils.data import DataLoader
 
-    import finetune.data.datamodule as datamodule_mod
-
     # The training loader is a ContinuousLoader (its workers go on into the next epoch);
     # with the cache it is also timed as a plain DataLoader with persistent workers, the
     # baseline it replaced, side by side.
-    continuous = datamodule_mod.ContinuousLoader
+    continuous = FinetuneDataModule.train_loader_cls
     for label, cached, loader_cls in (("", False, continuous),
                                       (" + --image-cache, plain DataLoader", True, DataLoader),
                                       (" + --image-cache", True, continuous)):
-        datamodule_mod.ContinuousLoader = loader_cls
         start = time.perf_counter()
         dm = FinetuneDataModule(splits, cfg_pre, image_size=size, augment="light",
                                 batch_size=bs, num_workers=args.workers,
                                 normalize_on_device=DEVICE == "cuda", image_cache=cached,
                                 image_cache_dir=cache_dir if cached else None)
+        dm.train_loader_cls = loader_cls
         dm.setup("fit")
         if cached:
             print(f"image cache ready in {time.perf_counter() - start:.1f} s", flush=True)
@@ -198,7 +196,6 @@ def main() -> None:
             record(f"real-data pipeline{label}, {name}", real,
                    f"{100 * real / synth[name]:.0f}% of synthetic")
         del loader, dm
-    datamodule_mod.ContinuousLoader = continuous
     del models
     if DEVICE == "cuda":
         torch.cuda.empty_cache()

@@ -146,8 +146,7 @@ def _distance(thr: Thresholds, base: Thresholds, grid: dict) -> float:
 
 
 def calibrate(table: dict, signals: dict, cells: list[Cell], base: Thresholds,
-              grid: dict | None = None) -> Thresholds:
-    grid = GRID if grid is None else grid
+              grid: dict = GRID) -> Thresholds:
     best, best_key = base, None
     for thr in _thresholds_grid(base, grid):
         picks = {c: recommended_arm(signals[c], thr) for c in cells}
@@ -161,8 +160,7 @@ def calibrate(table: dict, signals: dict, cells: list[Cell], base: Thresholds,
 
 
 def leave_one_task_out(table: dict, signals: dict, cells: list[Cell],
-                       grid: dict | None = None) -> tuple[dict, dict]:
-    grid = GRID if grid is None else grid
+                       grid: dict = GRID) -> tuple[dict, dict]:
     picks, chosen = {}, {}
     tasks = sorted({t for t, _ in cells})
     for task in tasks:
@@ -238,7 +236,8 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         lines.append(
             f"| {cell[0]} | {cell[1]} | {sim['probe_accuracy']:.3f} | {sim['kappa']:.2f} | {d.score:.2f} | "
             f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | "
-            f"{arm_of(d.strategy, d.unfreeze)} | {picks_by_method.get('recommender (LOTO)', {}).get(cell, '-')} |")
+            f"{picks_by_method['recommender (default thresholds)'][cell]} | "
+            f"{picks_by_method.get('recommender (LOTO)', {}).get(cell, '-')} |")
     lines += ["", "Thresholds chosen leave-one-task-out (each used only on the task named):", ""]
     for task, thr in chosen.items():
         lines.append(f"- {task}: " + ", ".join(f"{k}={v:g}" for k, v in thr.items()))

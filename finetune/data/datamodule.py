@@ -82,6 +82,10 @@ def _seed_worker_augmentations(worker_id: int) -> None:
 
 
 class FinetuneDataModule(pl.LightningDataModule):
+    # The training loader's class: its workers run on into the next epoch (data/loader.py).
+    # A benchmark sets DataLoader on an instance to time the plain loader side by side.
+    train_loader_cls: type[DataLoader] = ContinuousLoader
+
     def __init__(
         self,
         splits: DataSplits,
@@ -205,10 +209,10 @@ class FinetuneDataModule(pl.LightningDataModule):
             sampler = WeightedRandomSampler(
                 weights, num_samples=len(dataset), replacement=True, generator=generator
             )
-            return self._loader(dataset, loader_cls=ContinuousLoader, sampler=sampler,
+            return self._loader(dataset, loader_cls=self.train_loader_cls, sampler=sampler,
                                 drop_last=drop_last, generator=generator)
-        return self._loader(dataset, loader_cls=ContinuousLoader, shuffle=True, drop_last=drop_last,
-                            generator=generator)
+        return self._loader(dataset, loader_cls=self.train_loader_cls, shuffle=True,
+                            drop_last=drop_last, generator=generator)
 
     # Loaders without gradients (validation, test, feature extraction, reports) take
     # batches twice the training size: inference keeps no activations for a backward
