@@ -12,6 +12,7 @@ printed as a table (and JSON with --json-out).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -30,19 +31,32 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def train_steps(model, batches, *, steps: int, warmup: int, channels_last: bool) -> float:
-    """Images/s of SGD steps in bf16 autocast; ``batches`` yields (x, y) on the GPU."""
+def train_steps(model, batches, *, steps: int, warmup: int, channels_last: bool,
+                to_device=None):
+    """SGD steps in bf16 autocast on the (x, y) batches that ``batches`` yields, moved
+    and normalised by ``to_device`` (None: they are on the GPU already). Returns images/s
+    and the data-wait fraction: the share of the timed wall clock spent in ``next()``,
+    waiting for the loader. Nothing synchronises inside the loop, so while the GPU is
+    the bottleneck the CPU waits in kernel launches instead and the fraction stays near
+    zero; a fraction well above zero says the loader, not the GPU, set the pace."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-5)
     model.train()
     n_images = 0
     start = None
-    for i, (x, y) in enumerate(batches):
+    waited = 0.0
+    batches = iter(batches)
+    for i in itertools.count():
         if i == warmup:
             _sync()
             start = time.perf_counter()
-            n_images = 0
+            n_images, waited = 0, 0.0
         if i == warmup + steps:
             break
+        asked = time.perf_counter()
+        x, y = next(batches)
+        waited += time.perf_counter() - asked
+        if to_device is not None:
+            x, y = to_device(x, y)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -52,7 +66,8 @@ def train_steps(model, batches, *, steps: int, warmup: int, channels_last: bool)
         opt.step()
         n_images += x.shape[0]
     _sync()
-    return n_images / (time.perf_counter() - start)
+    elapsed = time.perf_counter() - start
+    return n_images / elapsed, waited / elapsed
 
 
 def synthetic(batch_size: int, size: int):
@@ -62,17 +77,32 @@ def synthetic(batch_size: int, size: int):
         yield x, y
 
 
-def on_gpu(loader):
+def epochs(loader):
     while True:
-        for x, y in loader:
-            yield x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
+        yield from loader
 
 
-def on_gpu_normalised(loader, pretrained_cfg):
+def moved_and_normalised(pretrained_cfg):
+    """What ``finetune run`` does to a loader batch on the GPU: a non-blocking copy from
+    pinned memory, then uint8 -> normalised float (and channels_last)."""
     from finetune.data.transforms import prepare_batch
 
-    for x, y in on_gpu(loader):
-        yield prepare_batch(x, pretrained_cfg), y
+    def to_device(x, y):
+        x = x.to(DEVICE, non_blocking=True)
+        return prepare_batch(x, pretrained_cfg), y.to(DEVICE, non_blocking=True)
+
+    return to_device
+
+
+def host_uint8(batch_size: int, size: int):
+    """One uint8 batch in pinned host memory, yielded for ever: the feed with no loader,
+    so that the copy and normalisation cost is measured apart from the loader's."""
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
+    y = torch.randint(0, 1000, (batch_size,))
+    if DEVICE == "cuda":
+        x, y = x.pin_memory(), y.pin_memory()
+    while True:
+        yield x, y
 
 
 def loader_images_per_s(loader) -> float:
@@ -107,6 +137,10 @@ def main() -> None:
     parser.add_argument("--run-epochs", type=int, default=3)
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--skip-nchw", action="store_true", help="skip the NCHW synthetic row")
+    parser.add_argument("--skip-run-compile", action="store_true",
+                        help="skip the `finetune run --compile` row (mostly compile time)")
+    parser.add_argument("--alt-workers", type=int, default=8,
+                        help="also time the cached pipeline with this many workers (0: skip)")
     parser.add_argument("--json-out", type=Path)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     args = parser.parse_args()
@@ -145,14 +179,28 @@ def main() -> None:
     for name, cl, comp in variants:
         model = make_model(cl, comp)
         warmup = args.warmup + (10 if comp else 0)
-        synth[name] = train_steps(model, synthetic(bs, size), steps=args.steps, warmup=warmup,
-                                  channels_last=cl)
+        synth[name], _ = train_steps(model, synthetic(bs, size), steps=args.steps,
+                                     warmup=warmup, channels_last=cl)
         record(f"synthetic, {name}", synth[name])
         if cl:
             models[name] = (model, cl)
         del model
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
+    cfg_pre = create_backbone("resnet50", num_classes=1000).pretrained_cfg
+
+    def real_rows(label, loader):
+        for name, (model, cl) in models.items():
+            warmup = args.warmup + (10 if "compile" in name else 0)
+            ips, wait = train_steps(model, loader, steps=args.steps, warmup=warmup,
+                                    channels_last=cl, to_device=moved_and_normalised(cfg_pre))
+            record(f"{label}, {name}", ips, f"{100 * ips / synth[name]:.0f}% of synthetic, "
+                   f"data wait {100 * wait:.0f}%")
+
+    # 1b. The feed without a loader: one uint8 batch in pinned host memory, copied to the
+    #     GPU and normalised every step as finetune run does. What this loses against
+    #     synthetic is the copy and normalisation, not the loader.
+    real_rows("pinned uint8 batch, copied + normalised", host_uint8(bs, size))
 
     # 2. The real-data pipeline: PNG decode + albumentations (RandomResizedCrop, flip) in
     #    DataLoader workers, uint8 batches in pinned memory normalised on the GPU, the same
@@ -166,37 +214,41 @@ def main() -> None:
     splits = discover(data, val_fraction=0.02, test_fraction=0.02, seed=0)
     print(f"data: {len(splits.train)} training images at 288 px, built and verified in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
-    cfg_pre = create_backbone("resnet50", num_classes=len(splits.classes)).pretrained_cfg
     cache_dir = str(args.data_root / "image-cache")
     from torch.utils.data import DataLoader
 
     # The training loader is a ContinuousLoader (its workers go on into the next epoch);
     # with the cache it is also timed as a plain DataLoader with persistent workers, the
-    # baseline it replaced, side by side.
+    # baseline it replaced, side by side, and with fewer workers (the cache makes each
+    # worker's batch cheap, and fewer workers leave the main process more of the CPU).
+    # "Data loader alone" is timed through a plain DataLoader: a ContinuousLoader's
+    # workers run ahead into the pass that would be timed, which flatters its figure.
     continuous = FinetuneDataModule.train_loader_cls
-    for label, cached, loader_cls in (("", False, continuous),
-                                      (" + --image-cache, plain DataLoader", True, DataLoader),
-                                      (" + --image-cache", True, continuous)):
+    loaders = [("", False, continuous, args.workers, True),
+               (" + --image-cache, plain DataLoader", True, DataLoader, args.workers, True),
+               (" + --image-cache", True, continuous, args.workers, False)]
+    if 0 < args.alt_workers != args.workers:
+        loaders.append((f" + --image-cache, {args.alt_workers} workers", True, continuous,
+                        args.alt_workers, False))
+    for label, cached, loader_cls, workers, time_alone in loaders:
         start = time.perf_counter()
         dm = FinetuneDataModule(splits, cfg_pre, image_size=size, augment="light",
-                                batch_size=bs, num_workers=args.workers,
+                                batch_size=bs, num_workers=workers,
                                 normalize_on_device=DEVICE == "cuda", image_cache=cached,
                                 image_cache_dir=cache_dir if cached else None)
-        dm.train_loader_cls = loader_cls
         dm.setup("fit")
         if cached:
             print(f"image cache ready in {time.perf_counter() - start:.1f} s", flush=True)
+        if time_alone:
+            dm.train_loader_cls = DataLoader
+            record(f"data loader alone{' + --image-cache' if cached else ''}",
+                   loader_images_per_s(dm.train_dataloader()),
+                   f"decode + augment, no model, {workers} workers")
+        dm.train_loader_cls = loader_cls
         loader = dm.train_dataloader()
-        record(f"data loader alone{label}", loader_images_per_s(loader),
-               f"decode + augment, no model ({type(loader).__name__})")
-        for name, (model, cl) in models.items():
-            warmup = args.warmup + (10 if "compile" in name else 0)
-            real = train_steps(model, on_gpu_normalised(loader, cfg_pre), steps=args.steps,
-                               warmup=warmup, channels_last=cl)
-            record(f"real-data pipeline{label}, {name}", real,
-                   f"{100 * real / synth[name]:.0f}% of synthetic")
+        real_rows(f"real-data pipeline{label}", epochs(loader))
         del loader, dm
-    del models
+    models.clear()
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
 
@@ -210,14 +262,21 @@ def main() -> None:
                     image_size=size, num_workers=args.workers, val_fraction=0.02,
                     test_fraction=0.02, accelerator="gpu" if DEVICE == "cuda" else "cpu")
     fixed = "includes worker start-up, validation and checkpoint writes"
-    runs = [("", cfg, fixed),
-            (" --image-cache", cfg.replace(image_cache=True, image_cache_dir=cache_dir), fixed)]
-    if not args.skip_compile:
-        runs.append((" --image-cache --compile",
-                     cfg.replace(image_cache=True, image_cache_dir=cache_dir, compile=True),
+    cached_cfg = cfg.replace(image_cache=True, image_cache_dir=cache_dir)
+    runs = [("", cfg, continuous, fixed),
+            (" --image-cache, plain DataLoader", cached_cfg, DataLoader, fixed),
+            (" --image-cache", cached_cfg, continuous, fixed)]
+    if not args.skip_compile and not args.skip_run_compile:
+        runs.append((" --image-cache --compile", cached_cfg.replace(compile=True), continuous,
                      fixed + " and compile time"))
-    for flags, run_cfg, note in runs:
-        m = run(run_cfg, overwrite=True, progress=False).metrics
+    for flags, run_cfg, loader_cls, note in runs:
+        # run() builds its own datamodule: the baseline's loader class is set on the class
+        # for that one run, and put back.
+        FinetuneDataModule.train_loader_cls = loader_cls
+        try:
+            m = run(run_cfg, overwrite=True, progress=False).metrics
+        finally:
+            FinetuneDataModule.train_loader_cls = continuous
         record(f"finetune run --strategy full{flags} ({args.run_epochs} epochs)",
                m["images_per_s"], note)
 
