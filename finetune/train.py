@@ -96,6 +96,14 @@ def select_device(cfg: RunConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def eval_batch_size_for(batch_size: int, device: torch.device) -> int:
+    """Batches without gradients: twice the training batch on a GPU (fewer, fuller
+    launches), the training batch on a CPU, where larger batches are slower per image
+    (EfficientNet-Lite0 at 128 px, one thread: 29 ms per image in batches of 64 against
+    20 ms in batches of 32)."""
+    return 2 * batch_size if device.type == "cuda" else batch_size
+
+
 def class_weights_for(cfg: RunConfig, counts: list[int]) -> torch.Tensor | None:
     """sklearn's "balanced" weights n / (C * count_c), when asked or when imbalance is high."""
     present = [c for c in counts if c > 0]
@@ -313,7 +321,8 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             continue
         dm = FinetuneDataModule(
             splits, model.pretrained_cfg, image_size=image_size, augment=phase.augment,
-            batch_size=cfg.batch_size, num_workers=num_workers, seed=cfg.seed, hflip=cfg.hflip,
+            batch_size=cfg.batch_size, eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
+            num_workers=num_workers, seed=cfg.seed, hflip=cfg.hflip,
             normalize_on_device=device.type == "cuda",
             # A head on cached features never reads the images again: nothing to cache.
             image_cache=cfg.image_cache and not phase.feature_cache,
@@ -509,10 +518,13 @@ def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = Tru
         splits = DataSplits(classes=splits.classes, train=[], val=[], test=samples,
                             skipped=new.skipped, source=new.source)
     image_size = cfg.image_size or model.pretrained_cfg.image_size
+    device = select_device(cfg)
     dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=image_size, augment="none",
-                            batch_size=cfg.batch_size, num_workers=_num_workers(cfg))
+                            batch_size=cfg.batch_size,
+                            eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
+                            num_workers=_num_workers(cfg))
     dm.setup("test")
-    probs, labels = predict_probs(model, dm.eval_dataloader("test"), device=select_device(cfg),
+    probs, labels = predict_probs(model, dm.eval_dataloader("test"), device=device,
                                   desc="evaluate", progress=progress)
     metrics = classification_metrics(labels.numpy(), probs.numpy(), splits.classes)
     metrics["num_samples"] = int(len(labels))

@@ -443,10 +443,17 @@ def test_datamodule_batches(small_splits):
     assert y.dtype == torch.int64
     assert dm.train_dataloader().drop_last is True
     assert dm.val_dataloader().drop_last is False
-    # Loaders without gradients take twice the training batch (large-batch evaluation).
+    # Loaders without gradients take eval_batch_size: by default the training batch (on a
+    # CPU larger batches are slower per image); finetune run doubles it on a GPU.
     assert dm.train_dataloader().batch_size == 4
-    assert dm.val_dataloader().batch_size == dm.test_dataloader().batch_size == 8
-    assert dm.eval_dataloader("train").batch_size == 8
+    assert dm.val_dataloader().batch_size == dm.test_dataloader().batch_size == 4
+    assert dm.eval_dataloader("train").batch_size == 4
+    big = FinetuneDataModule(small_splits, HALF, batch_size=4, eval_batch_size=8)
+    big.setup("fit")
+    assert big.train_dataloader().batch_size == 4
+    assert big.val_dataloader().batch_size == big.eval_dataloader("train").batch_size == 8
+    with pytest.raises(ValueError, match="eval_batch_size=0"):
+        FinetuneDataModule(small_splits, HALF, batch_size=4, eval_batch_size=0)
     # The unaugmented train set is made once (with the image cache that stats every file).
     assert dm.eval_dataloader("train").dataset is dm.eval_dataloader("train").dataset
     assert dm.eval_dataloader("train").dataset.transform is dm.eval_transform

@@ -128,6 +128,14 @@ def test_class_weights_turn_on_for_high_imbalance():
     assert class_weights_for(RunConfig(class_weights="on"), [30, 20, 12]) is not None
 
 
+def test_eval_batches_double_only_on_a_gpu():
+    from finetune.train import eval_batch_size_for
+
+    assert eval_batch_size_for(32, torch.device("cuda", 0)) == 64
+    assert eval_batch_size_for(32, torch.device("cpu")) == 32
+    assert eval_batch_size_for(1, torch.device("cpu")) == 1
+
+
 def test_runs_with_loader_workers_are_repeatable(tmp_path, photos_dir):
     """With workers the training loader runs on across epochs (ContinuousLoader): every
     epoch still trains on whole batches of one pass, and two runs agree exactly."""

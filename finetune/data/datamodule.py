@@ -94,6 +94,7 @@ class FinetuneDataModule(pl.LightningDataModule):
         image_size: int | None = None,
         augment: str = "light",
         batch_size: int = 32,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
         balanced_sampling: bool = False,
         seed: int = 0,
@@ -105,6 +106,9 @@ class FinetuneDataModule(pl.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1.")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size={eval_batch_size} must be at least 1 (or None: "
+                             "the training batch size).")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be 0 (load in the main process) or more.")
         self.splits = splits
@@ -113,7 +117,8 @@ class FinetuneDataModule(pl.LightningDataModule):
         self.image_size = image_size
         self.augment = augment
         self.batch_size = batch_size
-        self.eval_batch_size = 2 * batch_size
+        # Batches without gradients (see eval_dataloader); None: the training batch.
+        self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.balanced_sampling = balanced_sampling
         self.seed = seed
@@ -215,9 +220,12 @@ class FinetuneDataModule(pl.LightningDataModule):
                             drop_last=drop_last, generator=generator)
 
     # Loaders without gradients (validation, test, feature extraction, reports) take
-    # batches twice the training size: inference keeps no activations for a backward
-    # pass, so twice the batch still needs far less memory than one training batch, and
-    # a GPU runs fewer, fuller launches. Eval-mode outputs do not depend on the batch.
+    # batches of ``eval_batch_size``. ``finetune run`` makes it twice the training batch on
+    # a GPU (eval_batch_size_for): inference keeps no activations for a backward pass, so
+    # twice the batch still needs far less memory than one training batch, and the GPU
+    # runs fewer, fuller launches. On a CPU larger batches are slower per image (they fall
+    # out of the caches), so there it stays the training batch. Eval-mode outputs do not
+    # depend on the batch.
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
 
