@@ -70,3 +70,20 @@ def test_one_epoch_baseline_picks_by_first_epoch_validation():
     picks, probe_cpu = regret.one_epoch_each(table, [("t", 20)])
     assert picks == {("t", 20): "lp-ft"}  # 0.75 after one epoch beats linear's final 0.70
     assert probe_cpu[("t", 20)] == pytest.approx(2.0 + 100.0 / 10 + 60.0 / 10)
+
+
+def test_paired_differences_resample_whole_tasks():
+    """Task a: the recommender (linear) loses 10 points on both sizes against full;
+    task b: it wins 10 on both. Mean difference 0; resampling tasks, a draw holds both
+    of a task's cells or neither, so every draw's mean is -10, 0 or +10."""
+    cells = [("a", 5), ("a", 20), ("b", 5), ("b", 20)]
+    table = {c: ({"linear": {"acc": 0.8}, "full": {"acc": 0.9}} if c[0] == "a"
+                 else {"linear": {"acc": 0.9}, "full": {"acc": 0.8}}) for c in cells}
+    picks = {"rec": {c: "linear" for c in cells}, "always full": {c: "full" for c in cells}}
+    diffs = regret.paired_differences(table, picks, "rec", cells, draws=2000, seed=1)
+    assert list(diffs) == ["always full"]
+    d = diffs["always full"]
+    assert d["mean"] == pytest.approx(0.0)
+    assert d["low"] == pytest.approx(-10.0) and d["high"] == pytest.approx(10.0)
+    # The same seed gives the same interval (regret.md regenerates byte for byte).
+    assert regret.paired_differences(table, picks, "rec", cells, draws=2000, seed=1) == diffs

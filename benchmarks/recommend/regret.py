@@ -21,6 +21,10 @@ Methods:
   validation accuracy after one epoch of its (final) phase; linear's whole run costs
   less CPU than one epoch of the others, so it is scored by its final validation
   accuracy ("equal CPU time"). Its CPU column adds the probes to the final run.
+
+Then, for the recommender (calibrated and default), its regret minus each other method's
+on the same cells, with a 95% bootstrap interval that resamples tasks (seeded, so the
+report regenerates byte for byte).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import csv
 import itertools
 import json
+import random
 import statistics
 import sys
 from collections import defaultdict
@@ -206,8 +211,35 @@ def one_epoch_each(table: dict, cells: list[Cell]) -> tuple[dict[Cell, str], dic
     return picks, probe_cpu
 
 
+def paired_differences(table: dict, picks_by_method: dict, reference: str, cells: list[Cell], *,
+                       draws: int = 10_000, seed: int = 0) -> dict[str, dict]:
+    """Regret of ``reference`` minus each other method's, cell by cell on the same cells
+    (negative: ``reference`` is better), its mean, and a 95% interval from a bootstrap
+    that resamples *tasks* with replacement: a task's sizes share their images and their
+    signals, so its cells do not vary independently."""
+    mine = regret_of(table, {c: picks_by_method[reference][c] for c in cells})
+    rng = random.Random(seed)
+    tasks = sorted({t for t, _ in cells})
+    out = {}
+    for name, picks in picks_by_method.items():
+        if name == reference:
+            continue
+        theirs = regret_of(table, {c: picks[c] for c in cells})
+        by_task: dict[str, list[float]] = defaultdict(list)
+        for c in cells:
+            by_task[c[0]].append(mine[c] - theirs[c])
+        means = []
+        for _ in range(draws):
+            sample = [d for t in rng.choices(tasks, k=len(tasks)) for d in by_task[t]]
+            means.append(statistics.mean(sample))
+        means.sort()
+        out[name] = {"mean": statistics.mean(d for ds in by_task.values() for d in ds),
+                     "low": means[int(0.025 * draws)], "high": means[int(0.975 * draws) - 1]}
+    return out
+
+
 def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell], chosen: dict,
-             signals: dict) -> str:
+             signals: dict, differences: dict[str, dict[str, dict]]) -> str:
     lines = ["| method | cells | mean regret | median | worst | hit rate | mean CPU s |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in results.items():
@@ -216,6 +248,12 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
             continue
         lines.append(f"| {name} | {s['cells']} | {s['mean']:.2f} | {s['median']:.2f} | {s['worst']:.2f} | "
                      f"{s['hit_rate']:.0%} | {s['mean_cpu_s']:.0f} |")
+    for reference, diffs in differences.items():
+        lines += ["", f"Mean regret of the {reference} minus each method's, on the same cells "
+                  "(negative: the recommender is better), with a 95% bootstrap interval over tasks:", "",
+                  "| method | difference | 95% interval |", "|---|---:|---|"]
+        lines += [f"| {name} | {d['mean']:+.2f} | {d['low']:+.2f} to {d['high']:+.2f} |"
+                  for name, d in diffs.items()]
     arms = sorted({a for c in cells for a in table[c]})
     lines += ["", "| task | size | " + " | ".join(arms) + " | best | recommended (LOTO) |",
               "|---|---:|" + "---:|" * len(arms) + "---|---|"]
@@ -281,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
         extra = probe_cpu if name.startswith("one epoch") else None
         common = {c: a for c, a in picks.items() if c in scored}
         results[name] = summary(regret_of(table, common), common, table, extra)
-    text = markdown(results, table, picks_by_method, cells, chosen, signals)
+    differences = {ref: paired_differences(table, picks_by_method, ref, scored)
+                   for ref in ("recommender (LOTO)", "recommender (default thresholds)")}
+    text = markdown(results, table, picks_by_method, cells, chosen, signals, differences)
     if unscored:
         text += "\n\nCells left out of every method's score (a method picked an arm the sweep did not run):\n\n"
         text += "\n".join(f"- {cell}: {', '.join(arms)}" for cell, arms in unscored.items())
@@ -291,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     out.with_suffix(".md").write_text(text + "\n")
     out.with_suffix(".json").write_text(json.dumps({
         "results": results,
+        "differences": differences,
         "picks": {name: {f"{t}-{s}": a for (t, s), a in picks.items()} for name, picks in picks_by_method.items()},
         "thresholds_loto": chosen,
         "unscored_cells": unscored,
