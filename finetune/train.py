@@ -99,8 +99,8 @@ def select_device(cfg: RunConfig) -> torch.device:
 def eval_batch_size_for(batch_size: int, device: torch.device) -> int:
     """Batches without gradients: twice the training batch on a GPU (fewer, fuller
     launches), the training batch on a CPU, where larger batches are slower per image
-    (EfficientNet-Lite0 at 128 px, one thread: 29 ms per image in batches of 64 against
-    20 ms in batches of 32)."""
+    (EfficientNet-Lite0 at 128 px, one thread: 30 ms per image in batches of 64 against
+    21 ms in batches of 32; benchmarks/eval_batch.py)."""
     return 2 * batch_size if device.type == "cuda" else batch_size
 
 

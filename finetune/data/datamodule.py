@@ -223,9 +223,9 @@ class FinetuneDataModule(pl.LightningDataModule):
     # batches of ``eval_batch_size``. ``finetune run`` makes it twice the training batch on
     # a GPU (eval_batch_size_for): inference keeps no activations for a backward pass, so
     # twice the batch still needs far less memory than one training batch, and the GPU
-    # runs fewer, fuller launches. On a CPU larger batches are slower per image (they fall
-    # out of the caches), so there it stays the training batch. Eval-mode outputs do not
-    # depend on the batch.
+    # runs fewer, fuller launches. On a CPU larger batches are slower per image
+    # (benchmarks/eval_batch.py), so there it stays the training batch. Eval-mode outputs
+    # do not depend on the batch.
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val")
 
