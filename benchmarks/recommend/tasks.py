@@ -3,7 +3,7 @@
     python benchmarks/recommend/tasks.py --root datasets/recommend-bench            # all
     python benchmarks/recommend/tasks.py --tasks digits photos-blur --sizes 5
 
-Eight tasks, chosen to cover both columns of the grid and both kinds of shift:
+Ten tasks, chosen to cover both columns of the grid and both kinds of shift:
 
     photos        crops of scikit-image's photographs (finetune's builtin:photos): near ImageNet
     digits        scikit-learn's 8x8 handwritten digits, upscaled, grey (builtin:digits): far
@@ -14,6 +14,9 @@ Eight tasks, chosen to cover both columns of the grid and both kinds of shift:
     photos-blur   the photos, Gaussian blur sigma 2.5 px at 96 px  } input-level shift: the
     photos-noise  the photos, Gaussian noise sigma 40/255           } content is ImageNet-like,
     photos-colour the photos, channels permuted and gamma 0.5       } the pixels are not
+    photos-small  crops of 8-16 % of the same photographs' side: little context
+    photos-rotation  photo crops rotated by 0/90/180/270 degrees, 4 classes: a label
+                  ImageNet never asked for, on ImageNet-like content
 
 Each task is written at each size as split folders that ``finetune run`` reads:
 
@@ -42,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from finetune.data.builtin import build_dataset
+from finetune.data.builtin import PHOTO_SOURCES, build_dataset
 
 SIZES = (5, 20, 100)
 TEST_PER_CLASS = 20
@@ -88,10 +91,11 @@ def _builtin(name: str, per_class: int, seed: int) -> Arrays:
         return _read_folder(build_dataset(name, root=tmp, per_class=per_class, seed=seed, size=IMAGE_PX))
 
 
-def _crop(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
-    """A square crop of 25-60 % of the shorter side at a random place, resized to IMAGE_PX."""
+def _crop(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float] = (0.25, 0.6)) -> np.ndarray:
+    """A square crop of ``scale`` (25-60 %) of the shorter side at a random place, resized
+    to IMAGE_PX."""
     w, h = image.size
-    side = rng.uniform(0.25, 0.6) * min(w, h)
+    side = rng.uniform(*scale) * min(w, h)
     x0, y0 = rng.uniform(0, w - side), rng.uniform(0, h - side)
     crop = image.resize((IMAGE_PX, IMAGE_PX), Image.Resampling.BICUBIC, box=(x0, y0, x0 + side, y0 + side))
     return np.asarray(crop.convert("RGB"), dtype=np.uint8)
@@ -105,6 +109,30 @@ def _textures(per_class: int, seed: int) -> Arrays:
         rng = np.random.default_rng([seed, i])
         out[name] = [_crop(image, rng) for _ in range(per_class)]
     return out
+
+
+def _photos_small(per_class: int, seed: int) -> Arrays:
+    """The photos' eight sources, but crops of 8-16 % of the shorter side: a patch of
+    fur, sky or metal with little of the object's shape. ImageNet-like pixels, less
+    context, so the frozen features leave room to gain."""
+    data = _skimage_data()
+    out: Arrays = {}
+    for i, (name, files) in enumerate(sorted(PHOTO_SOURCES.items())):
+        sources = [Image.open(data / f).convert("RGB") for f in files]
+        rng = np.random.default_rng([seed, 100 + i])
+        out[name] = [_crop(sources[rng.integers(len(sources))], rng, (0.08, 0.16)) for _ in range(per_class)]
+    return out
+
+
+def _photos_rotation(per_class: int, seed: int) -> Arrays:
+    """Which way up: photo crops (all eight sources, mixed) rotated by 0, 90, 180 or 270
+    degrees, one class each. The content is ImageNet's; the label is not one ImageNet
+    named, and the pretrained features, trained with flips but not rotations, hold it
+    only in part. Rotated bricks, grass and gravel look alike: the ceiling is below 100 %."""
+    pool = [im for images in _builtin("photos", math.ceil(4 * per_class / 8), seed).values() for im in images]
+    order = np.random.default_rng([seed, 11]).permutation(len(pool))
+    return {f"rot{90 * k:03d}": [np.ascontiguousarray(np.rot90(pool[j], k)) for j in order[k::4][:per_class]]
+            for k in range(4)}
 
 
 def _faces(per_class: int, seed: int) -> Arrays:
@@ -154,6 +182,10 @@ TASKS: dict[str, Callable[[int, int], Arrays]] = {
     "photos-blur": _corrupt("blur"),
     "photos-noise": _corrupt("noise"),
     "photos-colour": _corrupt("colour"),
+    # Added in session 5, after the reduced sweep, as held-out tasks for the shipped
+    # thresholds (the first eight saturate at or near 100 % too often).
+    "photos-small": _photos_small,
+    "photos-rotation": _photos_rotation,
 }
 
 
