@@ -279,7 +279,7 @@ def format_recommendation(rec: Recommendation) -> str:
         lines.append(_wrap(item["meaning"], "      "))
     lines += ["", "Decision"]
     lines += [_wrap(r, "  - ") for r in rec.reasons]
-    lines += ["", "Thresholds (calibrated leave-one-task-out by benchmarks/recommend)"]
+    lines += ["", "Thresholds (finetune.recommend.Thresholds; their regret: docs/recommend.md)"]
     items = [f"{k}={v:g}" for k, v in rec.thresholds.items()]
     lines.append(_wrap(", ".join(items), "  "))
     lines += ["", "Hyperparameters"]

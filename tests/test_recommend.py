@@ -227,8 +227,10 @@ def test_amount_thresholds_place_five_per_class_as_little(photos_rec):
 
 def test_decision_cells_and_refinements():
     large, little = {"per_class_median": 200}, {"per_class_median": 20}
-    # similar + little -> linear; similar + large -> partial, K after the probe plateau (s4)
-    assert decide(_signals(), little).strategy == "linear"
+    # similar + little -> lp-ft while the probe leaves headroom (a linear head when set to
+    # the grid's original rule); similar + large -> partial, K after the probe plateau (s4)
+    assert decide(_signals(), little).strategy == "lp-ft"
+    assert decide(_signals(), little, Thresholds(little_similar_lpft_error=1.0)).strategy == "linear"
     d = decide(_signals(), large)
     assert (d.strategy, d.unfreeze, d.similarity) == ("partial", 1, "similar")
     # plateau reached at s2: 3 stages after it, 3 of 6 is not more than half
@@ -239,16 +241,22 @@ def test_decision_cells_and_refinements():
     for st in early_plateau["stages"][1:]:
         st["probe_accuracy"] = 0.9
     assert decide(early_plateau, large).strategy == "full"  # 4 of 6 stages
-    # semantic shift far from ImageNet; good features -> lp-ft, poor -> full
+    # semantic shift far from ImageNet -> lp-ft; by default even with poor features (the
+    # benchmark found no cell where full beat it); with lpft_kappa set, poor -> full
     far = _signals(shift_later_after_early_adabn=2.0, shift_later=2.2)
     assert decide(far, large).similarity == "different"
     assert decide(far, large).strategy == "lp-ft"
     poor = dict(far, probe_accuracy=0.4, kappa=(0.4 - 0.1) / 0.9)
-    assert decide(poor, large).strategy == "full"
-    # little + different: lp-ft with the warning quoting the probe; very little -> linear
+    assert decide(poor, large).strategy == "lp-ft"
+    d = decide(poor, large, Thresholds(lpft_kappa=0.6))
+    assert d.strategy == "full" and "kappa 0.33 < 0.6" in d.reasons[-1]
+    assert decide(far, large, Thresholds(lpft_kappa=0.6)).strategy == "lp-ft"
+    # little + different: lp-ft with the warning quoting the probe, even at 5 per class
+    # by default; under very_little_per_class, when set, a linear head
     d = decide(poor, little)
     assert d.strategy == "lp-ft" and "expect about 40%" in d.warnings[0]
-    assert decide(poor, {"per_class_median": 5}).strategy == "linear"
+    assert decide(poor, {"per_class_median": 5}).strategy == "lp-ft"
+    assert decide(poor, {"per_class_median": 5}, Thresholds(very_little_per_class=10)).strategy == "linear"
     # input-level: most of the later shift goes with early AdaBN -> surgical, where it enters
     stages = _signals()["stages"]
     stages[1]["shift"] = 3.0
@@ -266,15 +274,17 @@ def test_decision_cells_and_refinements():
 def test_little_similar_gets_lp_ft_only_above_the_calibrated_error():
     little = {"per_class_median": 20}
     sig = _signals()  # probe 0.9: error 10 %
-    assert decide(sig, little).strategy == "linear"  # default 1.0: never
-    d = decide(sig, little, Thresholds(little_similar_lpft_error=0.05))
+    d = decide(sig, little)  # default 0: whenever the probe leaves headroom
     assert d.strategy == "lp-ft" and "miss 10.0%" in d.reasons[-1]
+    assert decide(sig, little, Thresholds(little_similar_lpft_error=0.05)).strategy == "lp-ft"
     assert decide(sig, little, Thresholds(little_similar_lpft_error=0.15)).strategy == "linear"
-    # under very_little_per_class the linear head stays, unless that line is 0
+    assert decide(sig, little, Thresholds(little_similar_lpft_error=1.0)).strategy == "linear"
+    # saturated features (error <= headroom): a linear head whatever the line
+    assert decide(_signals(probe_accuracy=0.99), little).strategy == "linear"
+    # under very_little_per_class, when set, the linear head stays
     tiny = {"per_class_median": 5}
-    assert decide(sig, tiny, Thresholds(little_similar_lpft_error=0.05)).strategy == "linear"
-    assert decide(sig, tiny, Thresholds(little_similar_lpft_error=0.05,
-                                        very_little_per_class=0)).strategy == "lp-ft"
+    assert decide(sig, tiny).strategy == "lp-ft"
+    assert decide(sig, tiny, Thresholds(very_little_per_class=10)).strategy == "linear"
 
 
 def test_budget_trades_epochs_then_strategy(digits_rec, lite0):

@@ -11,7 +11,10 @@ regret on a cell is oracle accuracy minus the accuracy of the arm it picks, in p
 Methods:
 * recommender, thresholds calibrated leave-one-task-out: for each task, the thresholds
   that minimise mean regret on the *other* tasks (all their sizes) decide its cells;
-* recommender with the default thresholds (finetune.recommend.Thresholds);
+* the same with the pre-registered grid around the pre-sweep defaults;
+* recommender with the defaults shipped before the sweep (PRE_SWEEP), and with the
+  current ones (finetune.recommend.Thresholds), which were set in session 5 after seeing
+  every cell here, held-out tasks included: an in-sample score, labelled so;
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
@@ -49,15 +52,23 @@ GRID = {
     "little_per_class": (10.0, 25.0, 50.0, 100.0),
     "similar_score": (0.5, 0.6, 0.7, 0.8),
     "headroom": (0.0, 0.02, 0.05),
-    "lpft_kappa": (0.4, 0.6, 0.8),
+    # 0.0 (always lp-ft, never full, on large + different data) added with the session-5
+    # defaults, after the held-out tasks.
+    "lpft_kappa": (0.0, 0.4, 0.6, 0.8),
     # Added after the first look at the 2026-11-26 sweep (docs/recommend.md says so):
-    # whether little + similar data with probe error above this gets lp-ft (1.0: never),
-    # and whether under 10 images per class always means a linear head (0: never).
-    "little_similar_lpft_error": (0.02, 0.05, 0.1, 1.0),
+    # whether little + similar data with probe error above this gets lp-ft (1.0: never;
+    # 0.0, the session-5 default: whenever the probe leaves headroom), and whether under
+    # 10 images per class always means a linear head (0: never).
+    "little_similar_lpft_error": (0.0, 0.02, 0.05, 0.1, 1.0),
     "very_little_per_class": (0.0, 10.0),
 }
-# The grid fixed before the sweep ran: its leave-one-task-out score is the honest one.
-PREREGISTERED = ("little_per_class", "similar_score", "headroom", "lpft_kappa")
+# The grid fixed before the sweep ran, around the thresholds shipped then: its
+# leave-one-task-out score is the honest one.
+PREREGISTERED = {"little_per_class": (10.0, 25.0, 50.0, 100.0), "similar_score": (0.5, 0.6, 0.7, 0.8),
+                 "headroom": (0.0, 0.02, 0.05), "lpft_kappa": (0.4, 0.6, 0.8)}
+# The defaults shipped before the sweep (changed in session 5, after the held-out tasks).
+PRE_SWEEP = Thresholds(very_little_per_class=10.0, little_similar_lpft_error=1.0, lpft_kappa=0.6)
+CURRENT = "recommender (current defaults, set after seeing these cells)"
 
 Cell = tuple[str, int]  # (task, size)
 
@@ -165,12 +176,15 @@ def calibrate(table: dict, signals: dict, cells: list[Cell], base: Thresholds,
 
 
 def leave_one_task_out(table: dict, signals: dict, cells: list[Cell],
-                       grid: dict = GRID) -> tuple[dict, dict]:
+                       grid: dict = GRID, base: Thresholds | None = None) -> tuple[dict, dict]:
+    """Per task, the thresholds of ``grid`` (the rest as in ``base``, default: the shipped
+    defaults) that score best on the other tasks decide its cells."""
+    base = base or Thresholds()
     picks, chosen = {}, {}
     tasks = sorted({t for t, _ in cells})
     for task in tasks:
         train = [c for c in cells if c[0] != task]
-        thr = calibrate(table, signals, train, Thresholds(), grid) if train else Thresholds()
+        thr = calibrate(table, signals, train, base, grid) if train else base
         chosen[task] = {k: getattr(thr, k) for k in grid}
         for c in cells:
             if c[0] == task:
@@ -265,8 +279,8 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         lines.append(f"| {cell[0]} | {cell[1]} | {accs} | {best} | {rec} |")
     lines += ["", "What the recommender measured (train + val images only) and what it picked:", "",
               "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN "
-              "| cell (default thresholds) | default pick | LOTO pick |",
-              "|---|---:|---:|---:|---:|---:|---|---|---|"]
+              "| cell | pre-sweep pick | current pick | LOTO pick |",
+              "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
     for cell in cells:
         sim = signals[cell]["similarity"]
         d = decide(sim, signals[cell]["stats"], Thresholds())
@@ -274,7 +288,7 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         lines.append(
             f"| {cell[0]} | {cell[1]} | {sim['probe_accuracy']:.3f} | {sim['kappa']:.2f} | {d.score:.2f} | "
             f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | "
-            f"{picks_by_method['recommender (default thresholds)'][cell]} | "
+            f"{picks_by_method['recommender (pre-sweep defaults)'][cell]} | {picks_by_method[CURRENT][cell]} | "
             f"{picks_by_method.get('recommender (LOTO)', {}).get(cell, '-')} |")
     lines += ["", "Thresholds chosen leave-one-task-out (each used only on the task named):", ""]
     for task, thr in chosen.items():
@@ -300,9 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     picks_by_method: dict[str, dict[Cell, str]] = {}
     picks_by_method["recommender (LOTO)"], chosen = leave_one_task_out(table, signals, cells)
     picks_by_method["recommender (LOTO, pre-registered grid)"], _ = leave_one_task_out(
-        table, signals, cells, {k: GRID[k] for k in PREREGISTERED})
-    picks_by_method["recommender (default thresholds)"] = {c: recommended_arm(signals[c], Thresholds())
+        table, signals, cells, PREREGISTERED, PRE_SWEEP)
+    picks_by_method["recommender (pre-sweep defaults)"] = {c: recommended_arm(signals[c], PRE_SWEEP)
                                                            for c in cells}
+    picks_by_method[CURRENT] = {c: recommended_arm(signals[c], Thresholds()) for c in cells}
     for arm in ("linear", "full", "lp-ft"):
         picks_by_method[f"always {arm}"] = {c: arm for c in cells}
     picks_by_method["2x2 rule (median split)"] = two_by_two(table, signals, cells)
@@ -320,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         common = {c: a for c, a in picks.items() if c in scored}
         results[name] = summary(regret_of(table, common), common, table, extra)
     differences = {ref: paired_differences(table, picks_by_method, ref, scored)
-                   for ref in ("recommender (LOTO)", "recommender (default thresholds)")}
+                   for ref in ("recommender (LOTO)", CURRENT)}
     text = markdown(results, table, picks_by_method, cells, chosen, signals, differences)
     if unscored:
         text += "\n\nCells left out of every method's score (a method picked an arm the sweep did not run):\n\n"
