@@ -13,8 +13,9 @@ Methods:
   that minimise mean regret on the *other* tasks (all their sizes) decide its cells;
 * the same with the pre-registered grid around the pre-sweep defaults;
 * recommender with the defaults shipped before the sweep (PRE_SWEEP), and with the
-  current ones (finetune.recommend.Thresholds), which were set in session 5 after seeing
-  every cell here, held-out tasks included: an in-sample score, labelled so;
+  current ones (finetune.recommend.Thresholds), set in session 5 after seeing the first
+  ten tasks: in-sample on those, held out on textures-small and photos-small-noise
+  (docs/recommend.md);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
