@@ -189,11 +189,13 @@ def main() -> None:
         torch.cuda.empty_cache()
     cfg_pre = create_backbone("resnet50", num_classes=1000).pretrained_cfg
 
+    to_device = moved_and_normalised(cfg_pre)
+
     def real_rows(label, loader):
         for name, (model, cl) in models.items():
             warmup = args.warmup + (10 if "compile" in name else 0)
             ips, wait = train_steps(model, loader, steps=args.steps, warmup=warmup,
-                                    channels_last=cl, to_device=moved_and_normalised(cfg_pre))
+                                    channels_last=cl, to_device=to_device)
             record(f"{label}, {name}", ips, f"{100 * ips / synth[name]:.0f}% of synthetic, "
                    f"data wait {100 * wait:.0f}%")
 

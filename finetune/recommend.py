@@ -84,7 +84,7 @@ class Thresholds:
     # Large + different: features that give kappa >= this get lp-ft (a linear head first,
     # then every layer fine-tuned from it: Kumar et al. 2022); below it, plain full
     # fine-tuning from a random head. 0 = always lp-ft. Was 0.6 until the held-out
-    # photos-rotation task (kappa 0.53 at 60 per class), where `full` lost 15 points to
+    # photos-rotation task (kappa 0.43 at 60 per class), where `full` lost 15 points to
     # lp-ft; `full` was the best arm on none of the benchmark's 30 cells.
     lpft_kappa: float = 0.0
     # `partial` that would train more than this share of the stages becomes `full`.

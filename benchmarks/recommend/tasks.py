@@ -103,13 +103,16 @@ def _crop(image: Image.Image, rng: np.random.Generator, scale: tuple[float, floa
     return np.asarray(crop.convert("RGB"), dtype=np.uint8)
 
 
-def _textures(per_class: int, seed: int) -> Arrays:
+def _textures(per_class: int, seed: int, scale: tuple[float, float] = (0.25, 0.6),
+              stream: int = 0) -> Arrays:
+    """Crops of ``scale`` of each texture source; ``stream`` offsets the per-class random
+    streams, so that another task's crops are drawn independently."""
     data = _skimage_data()
     out: Arrays = {}
     for i, (name, file) in enumerate(sorted(TEXTURE_SOURCES.items())):
         image = Image.open(data / file).convert("RGB")
-        rng = np.random.default_rng([seed, i])
-        out[name] = [_crop(image, rng) for _ in range(per_class)]
+        rng = np.random.default_rng([seed, stream + i])
+        out[name] = [_crop(image, rng, scale) for _ in range(per_class)]
     return out
 
 
@@ -129,13 +132,7 @@ def _photos_small(per_class: int, seed: int) -> Arrays:
 def _textures_small(per_class: int, seed: int) -> Arrays:
     """The textures' eight sources at crops of 6-12 % of the shorter side: brick, gravel
     and a patch of the moon grow alike, and the printed page loses its lines."""
-    data = _skimage_data()
-    out: Arrays = {}
-    for i, (name, file) in enumerate(sorted(TEXTURE_SOURCES.items())):
-        image = Image.open(data / file).convert("RGB")
-        rng = np.random.default_rng([seed, 200 + i])
-        out[name] = [_crop(image, rng, (0.06, 0.12)) for _ in range(per_class)]
-    return out
+    return _textures(per_class, seed, (0.06, 0.12), stream=200)
 
 
 def _photos_small_noise(per_class: int, seed: int) -> Arrays:
