@@ -3,7 +3,7 @@
     python benchmarks/recommend/tasks.py --root datasets/recommend-bench            # all
     python benchmarks/recommend/tasks.py --tasks digits photos-blur --sizes 5
 
-Twelve tasks, chosen to cover both columns of the grid and both kinds of shift:
+Fifteen tasks, chosen to cover both columns of the grid and both kinds of shift:
 
     photos        crops of scikit-image's photographs (finetune's builtin:photos): near ImageNet
     digits        scikit-learn's 8x8 handwritten digits, upscaled, grey (builtin:digits): far
@@ -19,6 +19,11 @@ Twelve tasks, chosen to cover both columns of the grid and both kinds of shift:
                   ImageNet never asked for, on ImageNet-like content
     textures-small   the textures at crops of 6-12 % of the side
     photos-small-noise  photos-small with the noise corruption
+    photos-pixelate  the photos at 12 x 12 pixels, blown up in blocks: input-level shift
+    fonts         which of eight typefaces draws a random capital: style, not content: far
+    grey-crops    crops of eight other scikit-image pictures (camera, coins, a horse's
+                  silhouette, cells, a retina's microaneurysms, a blurred clock, text,
+                  a CT phantom), most of them grey: mid
 
 Each task is written at each size as split folders that ``finetune run`` reads:
 
@@ -59,6 +64,16 @@ TEXTURE_SOURCES = {
     "brick": "brick.png", "grass": "grass.png", "gravel": "gravel.png", "moon": "moon.png",
     "hubble": "hubble_deep_field.jpg", "ihc": "ihc.png", "retina": "retina.jpg", "text": "page.png",
 }
+
+# Pictures of the same folder that no other task uses, one class each (grey-crops).
+GREY_SOURCES = {
+    "camera": "camera.png", "cell": "cell.png", "clock": "clock_motion.png", "coins": "coins.png",
+    "horse": "horse.png", "microaneurysms": "microaneurysms.png", "phantom": "phantom.png",
+    "text": "text.png",
+}
+# One regular cut of each family matplotlib ships, plus one bold (fonts).
+FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf",
+              "STIXGeneral.ttf", "cmr10.ttf", "cmss10.ttf", "cmtt10.ttf")
 
 Arrays = dict[str, list[np.ndarray]]  # class -> (H, W, 3) uint8 images
 
@@ -104,12 +119,12 @@ def _crop(image: Image.Image, rng: np.random.Generator, scale: tuple[float, floa
 
 
 def _textures(per_class: int, seed: int, scale: tuple[float, float] = (0.25, 0.6),
-              stream: int = 0) -> Arrays:
-    """Crops of ``scale`` of each texture source; ``stream`` offsets the per-class random
-    streams, so that another task's crops are drawn independently."""
+              stream: int = 0, sources: dict[str, str] = TEXTURE_SOURCES) -> Arrays:
+    """Crops of ``scale`` of each of ``sources`` (class -> file); ``stream`` offsets the
+    per-class random streams, so that another task's crops are drawn independently."""
     data = _skimage_data()
     out: Arrays = {}
-    for i, (name, file) in enumerate(sorted(TEXTURE_SOURCES.items())):
+    for i, (name, file) in enumerate(sorted(sources.items())):
         image = Image.open(data / file).convert("RGB")
         rng = np.random.default_rng([seed, stream + i])
         out[name] = [_crop(image, rng, scale) for _ in range(per_class)]
@@ -141,6 +156,32 @@ def _photos_small_noise(per_class: int, seed: int) -> Arrays:
     rng = np.random.default_rng([seed, 17])
     return {name: [_apply("noise", im, rng) for im in images]
             for name, images in _photos_small(per_class, seed).items()}
+
+
+def _grey_crops(per_class: int, seed: int) -> Arrays:
+    """Crops of 25-60 % of eight pictures no other task uses: a photograph, coins, a
+    silhouette, micrographs, a motion-blurred clock, scanned text and a CT phantom."""
+    return _textures(per_class, seed, stream=400, sources=GREY_SOURCES)
+
+
+def _fonts(per_class: int, seed: int) -> Arrays:
+    """Which typeface: a random capital A-Z in one of eight fonts, at the glyphs task's
+    random size, angle and colours. The letter varies within a class and the class is
+    the strokes' style, a label ImageNet never asked for."""
+    from finetune.data.builtin import _package_dir, _render_glyph
+
+    font_dir = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
+    missing = [f for f in FONT_FILES if not (font_dir / f).is_file()]
+    if missing:
+        raise RuntimeError(f"matplotlib's fonts {missing} are missing from '{font_dir}'; reinstall matplotlib.")
+    cache: dict = {}
+    out: Arrays = {}
+    for i, file in enumerate(FONT_FILES):
+        rng = np.random.default_rng([seed, 300 + i])
+        letters = rng.integers(0, 26, per_class)
+        out[Path(file).stem] = [_render_glyph(chr(65 + int(k)), [font_dir / file], rng, IMAGE_PX, cache)
+                                for k in letters]
+    return out
 
 
 def _photos_rotation(per_class: int, seed: int) -> Arrays:
@@ -185,6 +226,9 @@ def _apply(kind: str, image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     if kind == "noise":
         noisy = image.astype(np.float64) + rng.normal(0.0, 40.0, image.shape)
         return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    if kind == "pixelate":
+        small = Image.fromarray(image).resize((12, 12), Image.Resampling.BOX)
+        return np.asarray(small.resize(image.shape[1::-1], Image.Resampling.NEAREST))
     if kind == "colour":
         # B, R, G order and gamma 0.5: a cast no camera makes, on unchanged content.
         shifted = 255.0 * (image[..., [2, 0, 1]].astype(np.float64) / 255.0) ** 0.5
@@ -209,6 +253,11 @@ TASKS: dict[str, Callable[[int, int], Arrays]] = {
     # held-out tasks for the current defaults, which stay frozen until they are scored.
     "textures-small": _textures_small,
     "photos-small-noise": _photos_small_noise,
+    # Added in session 6 before anything ran on them: the third held-out set, scored
+    # with the session-5 defaults frozen (finetune.recommend.Thresholds as of 2829015).
+    "photos-pixelate": _corrupt("pixelate"),
+    "fonts": _fonts,
+    "grey-crops": _grey_crops,
 }
 
 
