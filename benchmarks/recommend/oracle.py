@@ -64,7 +64,7 @@ LINEAR_EPOCHS = 100  # cached features: epochs cost milliseconds
 LP_EPOCHS = 50
 
 COLUMNS = ["task", "size", "arm", "strategy", "unfreeze", "seed", "lr", "epochs", "val_accuracy",
-           "val_accuracy_epoch1", "test_accuracy", "test_macro_f1", "cpu_s", "wall_s", "status"]
+           "val_accuracy_epoch1", "test_accuracy", "test_macro_f1", "cpu_s", "wall_s", "status", "device"]
 
 
 def _key(row: dict) -> tuple:
@@ -78,8 +78,16 @@ def done_keys(csv_path: Path) -> set[tuple]:
         return {_key(row) for row in csv.DictReader(f) if row["status"] == "ok"}
 
 
+def header_of(csv_path: Path) -> list[str] | None:
+    """The columns of an existing CSV (older ones lack ``device``), so appended rows line up."""
+    if not csv_path.is_file() or csv_path.stat().st_size == 0:
+        return None
+    with open(csv_path, newline="") as f:
+        return next(csv.reader(f), None)
+
+
 def one_run(task_dir: Path, arm: str, *, size: int, seed: int, lr: float, work: Path,
-            cache: Path) -> dict:
+            cache: Path, accelerator: str = "cpu") -> dict:
     spec = ARMS[arm]
     strategy = spec["strategy"]
     epochs = LINEAR_EPOCHS if strategy == "linear" else EPOCHS[size]
@@ -88,7 +96,10 @@ def one_run(task_dir: Path, arm: str, *, size: int, seed: int, lr: float, work: 
         batch_size=BATCH_SIZE, num_workers=0, seed=seed, lr=lr, epochs=epochs,
         lp_epochs=LP_EPOCHS if strategy in ("lp-ft", "surgical") else None,
         unfreeze=spec.get("unfreeze"), strategy=strategy, feature_cache_dir=str(cache),
-        hflip=not task_dir.parent.name.startswith(("digits", "glyphs")),
+        hflip=not task_dir.parent.name.startswith(("digits", "glyphs", "fonts")),
+        # float32 everywhere: a GPU run of a seed draws from the same distribution as a
+        # CPU one (no bf16), so seeds run on either machine average together.
+        accelerator=accelerator, precision="32-true",
     )
     cpu, wall = time.process_time(), time.perf_counter()
     with quiet_lightning():
@@ -101,7 +112,7 @@ def one_run(task_dir: Path, arm: str, *, size: int, seed: int, lr: float, work: 
         "val_accuracy": m["val"]["accuracy"],
         "val_accuracy_epoch1": history[0].get("val_accuracy", "") if history else "",
         "test_accuracy": m["test"]["accuracy"], "test_macro_f1": m["test"]["macro_f1"],
-        "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "status": "ok",
+        "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "status": "ok", "device": accelerator,
     }
 
 
@@ -154,19 +165,27 @@ def main(argv: list[str] | None = None) -> None:
                         help="also run, per cell, every arm the recommender could pick there under "
                              "any thresholds of regret.py's calibration grid (so its picks are scored)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU may be shared)")
+    parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: train on the GPU in float32 with TF32 off (more seeds in less "
+                             "time); its cpu_s is then not comparable, and regret.py leaves it out")
+    parser.add_argument("--done-csv", nargs="*", default=[],
+                        help="other CSVs whose finished rows count as done (parallel sweeps)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.accelerator == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
     csv_path = Path(args.csv)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    done = done_keys(csv_path)
-    new_file = not csv_path.is_file()
+    done = done_keys(csv_path).union(*(done_keys(Path(p)) for p in args.done_csv))
+    columns = header_of(csv_path) or COLUMNS
     work_root = Path(tempfile.mkdtemp(prefix="oracle-"))
     cache = work_root / "features"
     try:
         with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            if new_file:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            if columns is COLUMNS:
                 writer.writeheader()
             for task in args.tasks:
                 sizes = task_sizes(task, tuple(args.sizes))
@@ -186,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
                                     continue
                                 try:
                                     row.update(one_run(paths[size], arm, size=size, seed=seed, lr=lr,
-                                                       work=work_root, cache=cache))
+                                                       work=work_root, cache=cache,
+                                                       accelerator=args.accelerator))
                                 except Exception as err:  # recorded, and the sweep goes on
                                     traceback.print_exc()
                                     row.update(status=f"error: {type(err).__name__}: {err}"[:200])

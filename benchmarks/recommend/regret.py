@@ -96,9 +96,12 @@ def load_oracle(rows: list[dict]) -> dict[Cell, dict[str, dict]]:
     table: dict[Cell, dict[str, dict]] = defaultdict(dict)
     for (task, size, arm), rows in per_seed.items():
         val1 = [float(r["val_accuracy_epoch1"]) for r in rows if r["val_accuracy_epoch1"] not in ("", None)]
+        # CPU seconds come from CPU runs only: a GPU run's process time measures
+        # something else (oracle.py --accelerator cuda, used for extra seeds).
+        cpu = [float(r["cpu_s"]) for r in rows if (r.get("device") or "cpu") == "cpu"]
         table[(task, size)][arm] = {
             "acc": statistics.mean(float(r["test_accuracy"]) for r in rows),
-            "cpu": statistics.mean(float(r["cpu_s"]) for r in rows),
+            "cpu": statistics.mean(cpu) if cpu else None,
             "val": statistics.mean(float(r["val_accuracy"]) for r in rows),
             "val1": statistics.mean(val1) if val1 else None,
             "epochs": int(rows[0]["epochs"]),
@@ -140,14 +143,15 @@ def summary(regrets: dict[Cell, float], picks: dict[Cell, str], table: dict, ext
     values = list(regrets.values())
     if not values:
         return {"cells": 0}
-    cpu = [table[c][picks[c]]["cpu"] + (extra_cpu or {}).get(c, 0.0) for c in regrets]
+    cpu = [table[c][picks[c]]["cpu"] + (extra_cpu or {}).get(c, 0.0) for c in regrets
+           if table[c][picks[c]]["cpu"] is not None]
     return {
         "cells": len(values),
         "mean": statistics.mean(values),
         "median": statistics.median(values),
         "worst": max(values),
         "hit_rate": sum(v <= 1e-9 for v in values) / len(values),
-        "mean_cpu_s": statistics.mean(cpu),
+        "mean_cpu_s": statistics.mean(cpu) if cpu else None,  # over the cells run on a CPU
     }
 
 
@@ -221,7 +225,7 @@ def one_epoch_each(table: dict, cells: list[Cell]) -> tuple[dict[Cell, str], dic
             continue
         picks[cell] = max(scored)[2]
         # One epoch of each candidate: its run's CPU divided by its epochs, linear's whole run.
-        probe_cpu[cell] = sum(arms[a]["cpu"] / (1 if a == "linear" else max(1, arms[a]["epochs"]))
+        probe_cpu[cell] = sum((arms[a]["cpu"] or 0.0) / (1 if a == "linear" else max(1, arms[a]["epochs"]))
                               for _, _, a in scored)
     return picks, probe_cpu
 
@@ -261,8 +265,9 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         if not s.get("cells"):
             lines.append(f"| {name} | 0 | - | - | - | - | - |")
             continue
+        cpu = "-" if s["mean_cpu_s"] is None else f"{s['mean_cpu_s']:.0f}"
         lines.append(f"| {name} | {s['cells']} | {s['mean']:.2f} | {s['median']:.2f} | {s['worst']:.2f} | "
-                     f"{s['hit_rate']:.0%} | {s['mean_cpu_s']:.0f} |")
+                     f"{s['hit_rate']:.0%} | {cpu} |")
     for reference, diffs in differences.items():
         lines += ["", f"Mean regret of the {reference} minus each method's, on the same cells "
                   "(negative: the recommender is better), with a 95% bootstrap interval over tasks:", "",

@@ -40,6 +40,7 @@ trains at 96 px to fit a CPU budget; see docs/recommend.md).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -302,17 +303,30 @@ def build_task(task: str, root: str | Path, *, sizes: tuple[int, ...] = SIZES, s
     return paths
 
 
+def pixel_digest(path: Path) -> str:
+    """SHA-256 of a built size's decoded pixels, file by file in a fixed order: equal
+    digests mean the same images, whatever the PNG encoder wrote (another machine's
+    rebuild can be checked against this one's)."""
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*.png"), key=lambda p: (p.parent.as_posix(), int(p.stem))):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(np.asarray(Image.open(f).convert("RGB")).tobytes())
+    return h.hexdigest()[:16]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", default="datasets/recommend-bench")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--sizes", nargs="+", type=int, default=list(SIZES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digest", action="store_true", help="also print each size's pixel digest")
     args = parser.parse_args(argv)
     for task in args.tasks:
         for size, path in build_task(task, args.root, sizes=tuple(args.sizes), seed=args.seed).items():
             classes = sorted(p.name for p in (path / "train").iterdir())
-            print(f"{task} {size}/class: {path} ({len(classes)} classes)", file=sys.stdout)
+            digest = f", pixels {pixel_digest(path)}" if args.digest else ""
+            print(f"{task} {size}/class: {path} ({len(classes)} classes{digest})", file=sys.stdout)
 
 
 if __name__ == "__main__":
