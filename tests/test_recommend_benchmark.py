@@ -51,13 +51,14 @@ def test_thresholds_are_calibrated_without_the_task_they_decide(monkeypatch):
     best_full = {"linear": {"acc": 0.80}, "full": {"acc": 0.90}}
     best_linear = {"linear": {"acc": 0.90}, "full": {"acc": 0.80}}
     table = {c: (best_linear if c[0] == "a" else best_full) for c in cells}
-    picks, chosen = regret.leave_one_task_out(table, signals, cells)
+    base = regret.Thresholds(little_per_class=50.0)
+    picks, chosen = regret.leave_one_task_out(table, signals, cells, base=base)
     assert chosen["a"]["little_per_class"] <= 25  # from b and c: full at 30 and 60
     assert picks[("a", 30)] == picks[("a", 60)] == "full"  # so a, scored, has regret 10
-    # For b, a and c disagree (every line costs a mean of 5 points): ties keep the default.
+    # For b, a and c disagree (every line costs a mean of 5 points): ties keep the base.
     assert chosen["b"]["little_per_class"] == chosen["c"]["little_per_class"] == 50.0
     # Calibrated on all three tasks (a wrong protocol), a's own wish would weigh in:
-    everything = regret.calibrate(table, signals, [c for c in cells if c[0] == "a"], regret.Thresholds())
+    everything = regret.calibrate(table, signals, [c for c in cells if c[0] == "a"], base)
     assert everything.little_per_class == 100.0
 
 
@@ -87,3 +88,37 @@ def test_paired_differences_resample_whole_tasks():
     assert d["low"] == pytest.approx(-10.0) and d["high"] == pytest.approx(10.0)
     # The same seed gives the same interval (regret.md regenerates byte for byte).
     assert regret.paired_differences(table, picks, "rec", cells, draws=2000, seed=1) == diffs
+
+
+def test_a_seed_counts_only_where_it_ran_every_core_arm():
+    """Seed 1 was cut short before `full` ran: comparing linear over two seeds with full
+    over one would compare different runs, so seed 1 is left out of the cell; an extra
+    arm that only seed 0 ran stays (it ran on every seed that counts)."""
+    rows = [_row("t", 5, "linear", 1e-2, 0.9, 0.90), _row("t", 5, "full", 1e-3, 0.9, 0.80),
+            _row("t", 5, "surgical-3", 1e-3, 0.9, 0.85),
+            _row("t", 5, "linear", 1e-2, 0.9, 0.60, seed=1)]
+    cell = regret.load_oracle(rows)[("t", 5)]
+    assert cell["linear"]["acc"] == pytest.approx(0.90) and cell["linear"]["seeds"] == 1
+    assert set(cell) == {"linear", "full", "surgical-3"}
+    rows.append(_row("t", 5, "full", 1e-3, 0.9, 0.70, seed=1))  # seed 1 complete: both count
+    cell = regret.load_oracle(rows)[("t", 5)]
+    assert cell["linear"]["acc"] == pytest.approx(0.75) and cell["full"]["acc"] == pytest.approx(0.75)
+    assert "surgical-3" not in cell  # seed 0 only, while both seeds count
+
+
+def test_gpu_rows_count_for_accuracy_not_for_cpu_seconds():
+    rows = [_row("t", 5, "linear", 1e-2, 0.9, 0.90, cpu=10.0),
+            {**_row("t", 5, "linear", 1e-2, 0.9, 0.80, seed=1, cpu=1.0), "device": "cuda"}]
+    cell = regret.load_oracle(rows)[("t", 5)]
+    assert cell["linear"]["acc"] == pytest.approx(0.85) and cell["linear"]["cpu"] == pytest.approx(10.0)
+
+
+def test_noise_floor_picks_on_the_other_seeds_and_scores_on_the_left_out_one():
+    """Arm a is best on seed 0, b on seed 1. Left-out seed 0 picks b (better on seed 1)
+    and gets 0.80; left-out seed 1 picks a and gets 0.80: the oracle (means 0.85 both)
+    loses 5 points to noise although each arm's mean is the best."""
+    by_seed_a, by_seed_b = {0: 0.90, 1: 0.80}, {0: 0.80, 1: 0.90}
+    table = {("t", 5): {"a": {"acc": 0.85, "by_seed": by_seed_a}, "b": {"acc": 0.85, "by_seed": by_seed_b}},
+             ("t", 20): {"a": {"acc": 0.9, "by_seed": {0: 0.9}}}}
+    floor = regret.noise_floor(table, [("t", 5), ("t", 20)])
+    assert floor == {("t", 5): pytest.approx(5.0)}  # one seed: no floor

@@ -12,10 +12,11 @@ Methods:
 * recommender, thresholds calibrated leave-one-task-out: for each task, the thresholds
   that minimise mean regret on the *other* tasks (all their sizes) decide its cells;
 * the same with the pre-registered grid around the pre-sweep defaults;
-* recommender with the defaults shipped before the sweep (PRE_SWEEP), and with the
-  current ones (finetune.recommend.Thresholds), set in session 5 after seeing the first
-  ten tasks: in-sample on those, held out on textures-small and photos-small-noise
-  (docs/recommend.md);
+* recommender with the defaults shipped before the sweep (PRE_SWEEP); with those set
+  in session 5 after the first ten tasks (SESSION_5: held out on textures-small and
+  photos-small-noise, then on photos-pixelate, fonts and grey-crops); and with the
+  current ones (finetune.recommend.Thresholds), recalibrated in session 6 on all 15
+  tasks: in-sample there, held out on photos-jpeg and glyphs-lower (docs/recommend.md);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
@@ -28,7 +29,13 @@ Methods:
 
 Then, for the recommender (calibrated and default), its regret minus each other method's
 on the same cells, with a 95% bootstrap interval that resamples tasks (seeded, so the
-report regenerates byte for byte).
+report regenerates byte for byte); and the noise floor: what choosing each cell's arm on
+its other seeds loses on the seed left out.
+
+Per cell, a seed counts only where it ran every core arm, and an arm only where it ran on
+every counted seed (load_oracle); seeds trained on a GPU (oracle.py --accelerator cuda)
+count for accuracy, not for CPU seconds. ``--tasks`` scores a held-out set alone while the
+other tasks still calibrate.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from finetune.recommend import Thresholds, decide
 
 CANDIDATES_ONE_EPOCH = ("linear", "partial-2", "full", "lp-ft")
 DEFAULT_PARTIAL = "partial-2"  # EfficientNet-Lite0's default_unfreeze
+# The arms every sweep since the first runs on every cell (oracle.py --arms).
+CORE_ARMS = frozenset({"linear", "lp-ft", "partial-1", "partial-2", "full", "surgical-1"})
 # The thresholds calibrated leave-one-task-out, and their grids (defaults included).
 GRID = {
     "little_per_class": (10.0, 25.0, 50.0, 100.0),
@@ -68,7 +77,11 @@ GRID = {
 PREREGISTERED = {"little_per_class": (10.0, 25.0, 50.0, 100.0), "similar_score": (0.5, 0.6, 0.7, 0.8),
                  "headroom": (0.0, 0.02, 0.05), "lpft_kappa": (0.4, 0.6, 0.8)}
 # The defaults shipped before the sweep (changed in session 5, after the held-out tasks).
-PRE_SWEEP = Thresholds(very_little_per_class=10.0, little_similar_lpft_error=1.0, lpft_kappa=0.6)
+PRE_SWEEP = Thresholds(very_little_per_class=10.0, little_per_class=50.0, headroom=0.02,
+                       little_similar_lpft_error=1.0, lpft_kappa=0.6)
+# The session-5 defaults, frozen for the third held-out set (photos-pixelate, fonts,
+# grey-crops); session 6 recalibrated little_per_class and headroom on all 15 tasks.
+SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02)
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
@@ -84,13 +97,29 @@ def read_rows(csv_paths: list[Path]) -> list[dict]:
 
 
 def load_oracle(rows: list[dict]) -> dict[Cell, dict[str, dict]]:
-    """cell -> arm -> {"acc", "cpu", "val", "val1", "epochs"}: lr chosen on val per seed,
-    then means over seeds."""
+    """cell -> arm -> {"acc", "cpu", "val", "val1", "epochs", "seeds"}: lr chosen on val
+    per seed, then means over the seeds that ran every arm of the cell."""
     runs: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         runs[(row["task"], int(row["size"]), row["arm"], int(row["seed"]))].append(row)
+    # Arms are compared on the same runs of the data: a seed counts in a cell only if it
+    # ran every one of CORE_ARMS that the cell has (a sweep cut short by sweep.sh's
+    # deadline leaves seeds with some arms only), and an arm stays in the cell only if it
+    # ran on every seed that counts (the first sweep ran arms the later ones did not).
+    seed_arms: dict[tuple, set[str]] = defaultdict(set)
+    cell_arms: dict[Cell, set[str]] = defaultdict(set)
+    for task, size, arm, seed in runs:
+        seed_arms[(task, size, seed)].add(arm)
+        cell_arms[(task, size)].add(arm)
+    seeds_of: dict[Cell, set[int]] = defaultdict(set)
+    for (task, size, seed), arms in seed_arms.items():
+        if CORE_ARMS & cell_arms[(task, size)] <= arms:
+            seeds_of[(task, size)].add(seed)
     per_seed: dict[tuple, list[dict]] = defaultdict(list)
-    for (task, size, arm, _seed), rows in runs.items():
+    for (task, size, arm, seed), rows in runs.items():
+        counted = seeds_of[(task, size)]
+        if seed not in counted or not all(arm in seed_arms[(task, size, s)] for s in counted):
+            continue
         best = max(rows, key=lambda r: float(r["val_accuracy"]))  # first on ties: grid order
         per_seed[(task, size, arm)].append(best)
     table: dict[Cell, dict[str, dict]] = defaultdict(dict)
@@ -106,6 +135,7 @@ def load_oracle(rows: list[dict]) -> dict[Cell, dict[str, dict]]:
             "val1": statistics.mean(val1) if val1 else None,
             "epochs": int(rows[0]["epochs"]),
             "seeds": len(rows),
+            "by_seed": {int(r["seed"]): float(r["test_accuracy"]) for r in rows},
         }
     return dict(table)
 
@@ -136,6 +166,26 @@ def regret_of(table: dict, picks: dict[Cell, str]) -> dict[Cell, float]:
         arms = table[cell]
         if arm in arms:
             out[cell] = 100.0 * (max(a["acc"] for a in arms.values()) - arms[arm]["acc"])
+    return out
+
+
+def noise_floor(table: dict, cells: list[Cell]) -> dict[Cell, float]:
+    """Per cell with two seeds or more: the regret of an arm chosen, for each seed, by its
+    mean test accuracy on the cell's *other* seeds and scored on the one left out. A
+    method that knew every arm's accuracy, but only through other runs, loses this much
+    to run-to-run noise; no method that picks from signals can expect to lose less."""
+    out = {}
+    for cell in cells:
+        arms = table[cell]
+        seeds = sorted(set.intersection(*(set(a["by_seed"]) for a in arms.values())))
+        if len(seeds) < 2:
+            continue
+        got = []
+        for seed in seeds:
+            others = [s for s in seeds if s != seed]
+            pick = max(sorted(arms), key=lambda a: statistics.mean(arms[a]["by_seed"][s] for s in others))
+            got.append(arms[pick]["by_seed"][seed])
+        out[cell] = 100.0 * (max(a["acc"] for a in arms.values()) - statistics.mean(got))
     return out
 
 
@@ -275,18 +325,19 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         lines += [f"| {name} | {d['mean']:+.2f} | {d['low']:+.2f} to {d['high']:+.2f} |"
                   for name, d in diffs.items()]
     arms = sorted({a for c in cells for a in table[c]})
-    lines += ["", "| task | size | " + " | ".join(arms) + " | best | recommended (LOTO) |",
-              "|---|---:|" + "---:|" * len(arms) + "---|---|"]
+    lines += ["", "| task | size | seeds | " + " | ".join(arms) + " | best | recommended (LOTO) |",
+              "|---|---:|---:|" + "---:|" * len(arms) + "---|---|"]
     for cell in cells:
         row = table[cell]
         best = max(row, key=lambda a: row[a]["acc"])
         rec = picks_by_method.get("recommender (LOTO)", {}).get(cell, "-")
         accs = " | ".join(f"{100 * row[a]['acc']:.1f}" if a in row else "-" for a in arms)
-        lines.append(f"| {cell[0]} | {cell[1]} | {accs} | {best} | {rec} |")
+        seeds = max(a["seeds"] for a in row.values())
+        lines.append(f"| {cell[0]} | {cell[1]} | {seeds} | {accs} | {best} | {rec} |")
     lines += ["", "What the recommender measured (train + val images only) and what it picked:", "",
               "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN "
-              "| cell | pre-sweep pick | current pick | LOTO pick |",
-              "|---|---:|---:|---:|---:|---:|---|---|---|---|"]
+              "| cell | pre-sweep pick | session-5 pick | current pick | LOTO pick |",
+              "|---|---:|---:|---:|---:|---:|---|---|---|---|---|"]
     for cell in cells:
         sim = signals[cell]["similarity"]
         d = decide(sim, signals[cell]["stats"], Thresholds())
@@ -294,7 +345,8 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         lines.append(
             f"| {cell[0]} | {cell[1]} | {sim['probe_accuracy']:.3f} | {sim['kappa']:.2f} | {d.score:.2f} | "
             f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | "
-            f"{picks_by_method['recommender (pre-sweep defaults)'][cell]} | {picks_by_method[CURRENT][cell]} | "
+            f"{picks_by_method['recommender (pre-sweep defaults)'][cell]} | "
+            f"{picks_by_method['recommender (session-5 defaults)'][cell]} | {picks_by_method[CURRENT][cell]} | "
             f"{picks_by_method.get('recommender (LOTO)', {}).get(cell, '-')} |")
     lines += ["", "Thresholds chosen leave-one-task-out (each used only on the task named):", ""]
     for task, thr in chosen.items():
@@ -310,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--signals-dir", default=str(here / "results" / "signals"))
     parser.add_argument("--out", default=str(here / "results" / "regret"),
                         help="writes OUT.md and OUT.json")
+    parser.add_argument("--tasks", nargs="+", help="score only these tasks' cells (a held-out set); "
+                        "the other tasks still calibrate the LOTO thresholds and the 2x2 medians")
     args = parser.parse_args(argv)
     table = load_oracle(read_rows([Path(p) for p in args.csv]))
     signals = load_signals(Path(args.signals_dir), sorted(table))
@@ -323,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
         table, signals, cells, PREREGISTERED, PRE_SWEEP)
     picks_by_method["recommender (pre-sweep defaults)"] = {c: recommended_arm(signals[c], PRE_SWEEP)
                                                            for c in cells}
+    picks_by_method["recommender (session-5 defaults)"] = {c: recommended_arm(signals[c], SESSION_5)
+                                                           for c in cells}
     picks_by_method[CURRENT] = {c: recommended_arm(signals[c], Thresholds()) for c in cells}
     for arm in ("linear", "full", "lp-ft"):
         picks_by_method[f"always {arm}"] = {c: arm for c in cells}
@@ -331,10 +387,11 @@ def main(argv: list[str] | None = None) -> None:
     picks_by_method["one epoch each, keep the best"] = one_epoch
     # Every method is scored on the same cells: those where each method's pick was run
     # (a partial sweep may lack an arm some method picks). The others are listed.
-    scored = [c for c in cells if all(c in p and p[c] in table[c] for p in picks_by_method.values())]
+    scored = [c for c in cells if all(c in p and p[c] in table[c] for p in picks_by_method.values())
+              and (not args.tasks or c[0] in args.tasks)]
     unscored = {f"{t}-{s}": sorted({p[(t, s)] for p in picks_by_method.values()
                                    if (t, s) in p and p[(t, s)] not in table[(t, s)]})
-                for t, s in cells if (t, s) not in scored}
+                for t, s in cells if (t, s) not in scored and (not args.tasks or t in args.tasks)}
     results = {}
     for name, picks in picks_by_method.items():
         extra = probe_cpu if name.startswith("one epoch") else None
@@ -342,7 +399,20 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = summary(regret_of(table, common), common, table, extra)
     differences = {ref: paired_differences(table, picks_by_method, ref, scored)
                    for ref in ("recommender (LOTO)", CURRENT)}
-    text = markdown(results, table, picks_by_method, cells, chosen, signals, differences)
+    shown = [c for c in cells if not args.tasks or c[0] in args.tasks]
+    text = markdown(results, table, picks_by_method, shown, {t: v for t, v in chosen.items()
+                                                              if any(c[0] == t for c in shown)},
+                    signals, differences)
+    floor = noise_floor(table, scored)
+    if floor:
+        others = {name: statistics.mean(regret_of(table, {c: picks_by_method[name][c] for c in floor}).values())
+                  for name in ("always lp-ft", CURRENT, "recommender (LOTO)")}
+        results["noise floor"] = {"cells": len(floor), "mean": statistics.mean(floor.values()),
+                                  "worst": max(floor.values()), "same_cells": others}
+        text += (f"\n\nNoise floor, on the {len(floor)} cells with two seeds or more: an arm chosen on the "
+                 f"other seeds' test accuracy, scored on the seed left out, loses "
+                 f"{statistics.mean(floor.values()):.2f} points on average (worst {max(floor.values()):.2f}). "
+                 "On the same cells: " + ", ".join(f"{n} {v:.2f}" for n, v in others.items()) + ".")
     if unscored:
         text += "\n\nCells left out of every method's score (a method picked an arm the sweep did not run):\n\n"
         text += "\n".join(f"- {cell}: {', '.join(arms)}" for cell, arms in unscored.items())
