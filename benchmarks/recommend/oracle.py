@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(csv_path).union(*(done_keys(Path(p)) for p in args.done_csv))
     columns = header_of(csv_path) or COLUMNS
+    if args.accelerator != "cpu" and "device" not in columns:
+        parser.error(f"{csv_path} has no 'device' column, so GPU rows appended to it would pass for CPU "
+                     "rows in regret.py's CPU seconds; write them to a new --csv.")
     work_root = Path(tempfile.mkdtemp(prefix="oracle-"))
     cache = work_root / "features"
     try:

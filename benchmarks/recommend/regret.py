@@ -97,8 +97,9 @@ def read_rows(csv_paths: list[Path]) -> list[dict]:
 
 
 def load_oracle(rows: list[dict]) -> dict[Cell, dict[str, dict]]:
-    """cell -> arm -> {"acc", "cpu", "val", "val1", "epochs", "seeds"}: lr chosen on val
-    per seed, then means over the seeds that ran every arm of the cell."""
+    """cell -> arm -> {"acc", "cpu", "val", "val1", "epochs", "seeds", "by_seed"}: the lr
+    chosen on val per seed, then means over the seeds that count (below); "by_seed" keeps
+    each counted seed's test accuracy."""
     runs: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         runs[(row["task"], int(row["size"]), row["arm"], int(row["seed"]))].append(row)

@@ -6,8 +6,10 @@
 #   bash benchmarks/recommend/sweep.sh /tmp/sweep 480 15 cuda fonts:0 digits:1 digits:2
 #
 # A JOB is TASK:SEED; jobs start in the order given, so put the ones that matter first.
-# Rows already in benchmarks/recommend/results/oracle*.csv are skipped (--done-csv). Each
-# process flushes a row per finished run, so whatever the deadline cuts still counts.
+# Rows already in benchmarks/recommend/results/oracle*.csv (not the pilot's, whose
+# protocol differed) are skipped (--done-csv). Each process flushes a row per finished
+# run, so the runs finished before the deadline count; the run it interrupts (SIGINT)
+# writes no row.
 # Writes OUT_DIR/oracle-sweep.csv (all rows), OUT_DIR/digests.txt (the rebuilt tasks'
 # pixel digests: compare them with `python benchmarks/recommend/tasks.py --digest` on the
 # machine that made the committed CSVs) and OUT_DIR/logs.tar.gz.
@@ -46,7 +48,8 @@ job() {
   timeout -k 15 -s INT "$left" "$PYTHON" benchmarks/recommend/oracle.py --tasks "$task" --sizes 5 20 60 \
     --seeds "$seed" --lrs default --add-recommended --accelerator "$accelerator" \
     --arms linear lp-ft partial-1 partial-2 full surgical-1 \
-    --csv "$work/oracle-$task-s$seed.csv" --done-csv benchmarks/recommend/results/oracle*.csv \
+    --csv "$work/oracle-$task-s$seed.csv" \
+    --done-csv $(ls benchmarks/recommend/results/oracle*.csv | grep -v pilot) \
     > "$work/log-$task-s$seed.txt" 2>&1 || echo "$task seed $seed stopped: $?" >> "$work/stopped.txt"
 }
 export -f job
