@@ -198,8 +198,11 @@ def _glyphs_lower(per_class: int, seed: int) -> Arrays:
     if len(fonts) < 4:
         raise RuntimeError(f"Too few of matplotlib's fonts found in '{font_dir}'; reinstall matplotlib.")
     cache: dict = {}
-    return {letter: [_render_glyph(letter, fonts, rng, IMAGE_PX, cache) for _ in range(per_class)]
-            for i, letter in enumerate("abcdefghij") for rng in [np.random.default_rng([seed, 500 + i])]}
+    out: Arrays = {}
+    for i, letter in enumerate("abcdefghij"):
+        rng = np.random.default_rng([seed, 500 + i])
+        out[letter] = [_render_glyph(letter, fonts, rng, IMAGE_PX, cache) for _ in range(per_class)]
+    return out
 
 
 def _photos_rotation(per_class: int, seed: int) -> Arrays:
