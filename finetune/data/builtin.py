@@ -159,11 +159,20 @@ def _digits(per_class: int | None, seed: int, size: int) -> dict[str, list[np.nd
     return out
 
 
-def _glyphs(per_class: int | None, seed: int, size: int) -> dict[str, list[np.ndarray]]:
+def matplotlib_fonts(names: tuple[str, ...], at_least: int) -> list[Path]:
+    """The files of ``names`` (in that order) that matplotlib's installation ships in
+    mpl-data/fonts/ttf; an error naming the fix when fewer than ``at_least`` are there."""
     font_dir = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
-    fonts = [font_dir / f for f in GLYPH_FONTS if (font_dir / f).is_file()]
-    if len(fonts) < 4:
-        raise RuntimeError(f"Too few of matplotlib's fonts found in '{font_dir}'; reinstall matplotlib.")
+    fonts = [font_dir / f for f in names if (font_dir / f).is_file()]
+    if len(fonts) < at_least:
+        missing = [f for f in names if not (font_dir / f).is_file()]
+        raise RuntimeError(f"Too few of matplotlib's fonts found in '{font_dir}' (missing: "
+                           f"{', '.join(missing)}); reinstall matplotlib.")
+    return fonts
+
+
+def _glyphs(per_class: int | None, seed: int, size: int) -> dict[str, list[np.ndarray]]:
+    fonts = matplotlib_fonts(GLYPH_FONTS, at_least=4)
     n = per_class or DEFAULT_PER_CLASS["glyphs"]
     cache: dict[tuple[Path, int], ImageFont.FreeTypeFont] = {}
     out: dict[str, list[np.ndarray]] = {}
