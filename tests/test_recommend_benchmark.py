@@ -4,6 +4,8 @@ being scored, and every method scored on the same cells."""
 
 from __future__ import annotations
 
+import csv
+import json
 import sys
 from pathlib import Path
 
@@ -122,3 +124,24 @@ def test_noise_floor_picks_on_the_other_seeds_and_scores_on_the_left_out_one():
              ("t", 20): {"a": {"acc": 0.9, "by_seed": {0: 0.9}}}}
     floor = regret.noise_floor(table, [("t", 5), ("t", 20)])
     assert floor == {("t", 5): pytest.approx(5.0)}  # one seed: no floor
+
+
+def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
+    """`--sizes 20` (the held-out size of a new sweep) scores the 20-per-class cells
+    alone, on the committed signals of two tasks; the 5-per-class cells are not scored."""
+    arms = {"linear": 1e-2, "lp-ft": 3e-4, "partial-1": 1e-3, "partial-2": 1e-3, "full": 1e-3, "surgical-1": 1e-3}
+    rows = [_row(task, size, arm, lr, 0.9, 0.5 + 0.05 * i + 0.01 * (size == 20))
+            for task in ("digits", "photos") for size in (5, 20) for i, (arm, lr) in enumerate(arms.items())]
+    path = tmp_path / "oracle.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "regret"
+    regret.main(["--csv", str(path), "--sizes", "20", "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["results"]["always lp-ft"]["cells"] == 2
+    # surgical-1 (listed last) is the best arm everywhere: always-linear loses 25 points.
+    assert saved["results"]["always linear"]["mean"] == pytest.approx(25.0)
+    text = out.with_suffix(".md").read_text()
+    assert "| digits | 20 |" in text and "| digits | 5 |" not in text

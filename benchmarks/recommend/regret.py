@@ -367,7 +367,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="writes OUT.md and OUT.json")
     parser.add_argument("--tasks", nargs="+", help="score only these tasks' cells (a held-out set); "
                         "the other tasks still calibrate the LOTO thresholds and the 2x2 medians")
+    parser.add_argument("--sizes", nargs="+", type=int,
+                        help="score only the cells of these sizes (images per class); every cell calibrates")
     args = parser.parse_args(argv)
+
+    def wanted(cell: Cell) -> bool:
+        return (not args.tasks or cell[0] in args.tasks) and (not args.sizes or cell[1] in args.sizes)
+
     table = load_oracle(read_rows([Path(p) for p in args.csv]))
     signals = load_signals(Path(args.signals_dir), sorted(table))
     cells = sorted(c for c in table if c in signals)
@@ -391,10 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     # Every method is scored on the same cells: those where each method's pick was run
     # (a partial sweep may lack an arm some method picks). The others are listed.
     scored = [c for c in cells if all(c in p and p[c] in table[c] for p in picks_by_method.values())
-              and (not args.tasks or c[0] in args.tasks)]
+              and wanted(c)]
     unscored = {f"{t}-{s}": sorted({p[(t, s)] for p in picks_by_method.values()
                                    if (t, s) in p and p[(t, s)] not in table[(t, s)]})
-                for t, s in cells if (t, s) not in scored and (not args.tasks or t in args.tasks)}
+                for t, s in cells if (t, s) not in scored and wanted((t, s))}
     results = {}
     for name, picks in picks_by_method.items():
         extra = probe_cpu if name.startswith("one epoch") else None
@@ -402,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = summary(regret_of(table, common), common, table, extra)
     differences = {ref: paired_differences(table, picks_by_method, ref, scored)
                    for ref in ("recommender (LOTO)", CURRENT)}
-    shown = [c for c in cells if not args.tasks or c[0] in args.tasks]
+    shown = [c for c in cells if wanted(c)]
     text = markdown(results, table, picks_by_method, shown, {t: v for t, v in chosen.items()
                                                               if any(c[0] == t for c in shown)},
                     signals, differences)
