@@ -220,8 +220,8 @@ def _signals(**kw) -> dict:
 def test_amount_thresholds_place_five_per_class_as_little(photos_rec):
     sim = photos_rec.similarity
     assert decide(sim, {"per_class_median": 5}).amount == "little"
-    assert decide(sim, {"per_class_median": 99}).amount == "little"
-    assert decide(sim, {"per_class_median": 100}).amount == "large"
+    assert decide(sim, {"per_class_median": 199}).amount == "little"
+    assert decide(sim, {"per_class_median": 200}).amount == "large"
     assert decide(sim, {"per_class_median": 5}, Thresholds(little_per_class=4)).amount == "large"
 
 
@@ -327,7 +327,7 @@ def test_command_parses_with_the_cli(digits_rec, small_digits):
 def test_report_names_every_part(digits_rec):
     text = digits_rec.format()
     for part in ("Recommended strategy", "Evidence", "shift_by_stage", "probe_by_stage", "Thresholds",
-                 "little_per_class=100", "Hyperparameters", "Run it:", digits_rec.command):
+                 "little_per_class=200", "Hyperparameters", "Run it:", digits_rec.command):
         assert part in text, part
 
 

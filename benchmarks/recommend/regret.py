@@ -84,6 +84,9 @@ PRE_SWEEP = Thresholds(very_little_per_class=10.0, little_per_class=50.0, headro
 # The session-5 defaults, frozen for the third held-out set (photos-pixelate, fonts,
 # grey-crops); session 6 recalibrated little_per_class and headroom on all 15 tasks.
 SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02)
+# The session-6 defaults, frozen for the first 100-per-class cells (session 7), which
+# then moved little_per_class to 200.
+SESSION_6 = Thresholds(little_per_class=100.0)
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
@@ -387,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     picks_by_method["recommender (pre-sweep defaults)"] = {c: recommended_arm(signals[c], PRE_SWEEP)
                                                            for c in cells}
     picks_by_method["recommender (session-5 defaults)"] = {c: recommended_arm(signals[c], SESSION_5)
+                                                           for c in cells}
+    picks_by_method["recommender (session-6 defaults)"] = {c: recommended_arm(signals[c], SESSION_6)
                                                            for c in cells}
     picks_by_method[CURRENT] = {c: recommended_arm(signals[c], Thresholds()) for c in cells}
     for arm in ("linear", "full", "lp-ft"):
