@@ -14,9 +14,10 @@ Methods:
 * the same with the pre-registered grid around the pre-sweep defaults;
 * recommender with the defaults shipped before the sweep (PRE_SWEEP); with those set
   in session 5 after the first ten tasks (SESSION_5: held out on textures-small and
-  photos-small-noise, then on photos-pixelate, fonts and grey-crops); and with the
-  current ones (finetune.recommend.Thresholds), recalibrated in session 6 on all 15
-  tasks: in-sample there, held out on photos-jpeg and glyphs-lower (docs/recommend.md);
+  photos-small-noise, then on photos-pixelate, fonts and grey-crops); with those of
+  session 6 (SESSION_6: held out on photos-jpeg and glyphs-lower, then on the first
+  100-per-class cells); and with the current ones (finetune.recommend.Thresholds),
+  recalibrated in session 7 on all 63 cells: in-sample there (docs/recommend.md);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
@@ -87,6 +88,8 @@ SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02)
 # The session-6 defaults, frozen for the first 100-per-class cells (session 7), which
 # then moved little_per_class to 200.
 SESSION_6 = Thresholds(little_per_class=100.0)
+# Each earlier set of defaults is scored as its own row, beside the current defaults.
+FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": SESSION_6}
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
@@ -387,12 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     picks_by_method["recommender (LOTO)"], chosen = leave_one_task_out(table, signals, cells)
     picks_by_method["recommender (LOTO, pre-registered grid)"], _ = leave_one_task_out(
         table, signals, cells, PREREGISTERED, PRE_SWEEP)
-    picks_by_method["recommender (pre-sweep defaults)"] = {c: recommended_arm(signals[c], PRE_SWEEP)
-                                                           for c in cells}
-    picks_by_method["recommender (session-5 defaults)"] = {c: recommended_arm(signals[c], SESSION_5)
-                                                           for c in cells}
-    picks_by_method["recommender (session-6 defaults)"] = {c: recommended_arm(signals[c], SESSION_6)
-                                                           for c in cells}
+    for name, thresholds in FROZEN_DEFAULTS.items():
+        picks_by_method[f"recommender ({name} defaults)"] = {c: recommended_arm(signals[c], thresholds)
+                                                             for c in cells}
     picks_by_method[CURRENT] = {c: recommended_arm(signals[c], Thresholds()) for c in cells}
     for arm in ("linear", "full", "lp-ft"):
         picks_by_method[f"always {arm}"] = {c: arm for c in cells}
