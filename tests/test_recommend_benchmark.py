@@ -145,3 +145,50 @@ def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     assert saved["results"]["always linear"]["mean"] == pytest.approx(25.0)
     text = out.with_suffix(".md").read_text()
     assert "| digits | 20 |" in text and "| digits | 5 |" not in text
+
+
+def _images(split_dir: Path) -> dict[str, list[bytes]]:
+    from PIL import Image
+
+    return {c.name: [Image.open(f).tobytes() for f in sorted(c.glob("*.png"), key=lambda p: int(p.stem))]
+            for c in sorted(split_dir.iterdir())}
+
+
+def test_sizes_above_the_pool_nest_and_leave_the_smaller_sizes_unchanged(tmp_path, monkeypatch):
+    """A size above the pool (here 40 over a pool of 20, as 200 over 100) keeps the pool's
+    val and train images and adds new ones from a second stream; test images are the same
+    at every size, no image is in two splits, and the smaller sizes are the images that a
+    build without the large size writes."""
+    import tasks
+
+    monkeypatch.setattr(tasks, "POOL", 20)
+    monkeypatch.setattr(tasks, "LARGEST", 40)
+    monkeypatch.setattr(tasks, "TEST_PER_CLASS", 4)
+    small = tasks.build_task("grey-crops", tmp_path / "a", sizes=(5, 20))
+    both = tasks.build_task("grey-crops", tmp_path / "b", sizes=(5, 20, 40))
+    for size in (5, 20):
+        assert tasks.pixel_digest(small[size]) == tasks.pixel_digest(both[size])
+    split = {(size, name): _images(both[size] / name) for size in (20, 40) for name in ("train", "val", "test")}
+    for cls, test in split[20, "test"].items():
+        assert split[40, "test"][cls] == test
+        assert split[40, "train"][cls][:20] == split[20, "train"][cls] and len(split[40, "train"][cls]) == 40
+        assert split[40, "val"][cls][:5] == split[20, "val"][cls] and len(split[40, "val"][cls]) == 10
+        large = split[40, "train"][cls] + split[40, "val"][cls] + test
+        assert len(set(large)) == len(large)  # the second stream repeats no image
+    with pytest.raises(ValueError, match="raise tasks.LARGEST"):
+        tasks.task_sizes("grey-crops", (80,))
+
+
+def test_plan_lists_the_runs_not_done_cell_by_cell(monkeypatch, tmp_path):
+    """`oracle.py --plan`: one TASK:SEED:ARM job per arm of each cell (the recommender's
+    extra picks included), cells in task then seed order, finished runs left out."""
+    import oracle
+
+    monkeypatch.setattr(oracle, "build_task", lambda task, root, sizes: {s: tmp_path / task for s in sizes})
+    monkeypatch.setattr(oracle, "cell_arms", lambda args, task, size, path: ["full", "linear"]
+                        + (["partial-3"] if task == "fonts" else []))
+    args = oracle.argparse.Namespace(tasks=["fonts", "photos"], sizes=[200], seeds=[0, 1], lrs="default", root="")
+    done = {("fonts", 200, "linear", 0, "0.01"), ("photos", 200, "full", 1, "0.001")}
+    assert oracle.plan(args, done) == [
+        "fonts:0:full", "fonts:0:partial-3", "fonts:1:full", "fonts:1:linear", "fonts:1:partial-3",
+        "photos:0:full", "photos:0:linear", "photos:1:linear"]

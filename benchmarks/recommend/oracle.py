@@ -58,8 +58,9 @@ LR_GRID = {"linear": (1e-2, 1e-3), "partial": (1e-3, 3e-4), "full": (1e-3, 3e-4)
            "lp-ft": (3e-4, 1e-4), "surgical": (1e-3, 3e-4)}
 # Batch 16 and these epochs give about 60 / 150 / 400 optimizer steps at 5 / 20 / 100
 # images per class on 8 classes: each size trains to a plateau on CPU in bounded time.
+# From 60 per class up the epochs stay at 8 (800 steps at 200).
 BATCH_SIZE = 16
-EPOCHS = {5: 30, 20: 15, 100: 8, 60: 8}
+EPOCHS = {5: 30, 20: 15, 60: 8, 100: 8, 200: 8}
 LINEAR_EPOCHS = 100  # cached features: epochs cost milliseconds
 LP_EPOCHS = 50
 
@@ -129,7 +130,7 @@ def measure_signals(task_dir: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec.to_json(), indent=2) + "\n")
     print(f"  signals {task_dir}: {rec.strategy} ({rec.cell['amount']}, {rec.cell['similarity']}) "
-          f"in {rec.seconds:.0f} s", flush=True)
+          f"in {rec.seconds:.0f} s", file=sys.stderr, flush=True)
 
 
 def possible_picks(rec: dict) -> list[str]:
@@ -147,6 +148,38 @@ def possible_picks(rec: dict) -> list[str]:
         d = decide(rec["similarity"], rec["stats"], replace(Thresholds(), **dict(zip(GRID, values, strict=True))))
         picks[arm_of(d.strategy, d.unfreeze)] = None
     return list(picks)
+
+
+def cell_arms(args: argparse.Namespace, task: str, size: int, task_dir: Path) -> list[str]:
+    """``--arms``, and with ``--add-recommended`` the recommender's possible picks, for
+    one (task, size); its signals are measured first where they are not stored yet."""
+    signals = Path(args.signals_dir) / f"{task}-{size}.json"
+    measure_signals(task_dir, signals)
+    arms = list(args.arms)
+    if args.add_recommended:
+        arms += [a for a in possible_picks(json.loads(signals.read_text())) if a not in arms]
+    return arms
+
+
+def _lrs(args: argparse.Namespace, arm: str) -> tuple[float, ...]:
+    grid = LR_GRID[ARMS[arm]["strategy"]]
+    return grid if args.lrs == "grid" else grid[:1]
+
+
+def plan(args: argparse.Namespace, done: set[tuple]) -> list[str]:
+    """The not-yet-done runs as sweep.sh jobs, TASK:SEED:ARM, cell by cell (task, then
+    seed), so that a deadline cuts the last cells rather than every cell's last arms."""
+    jobs = []
+    for task in args.tasks:
+        sizes = task_sizes(task, tuple(args.sizes))
+        paths = build_task(task, args.root, sizes=tuple(sizes))
+        arms = {size: cell_arms(args, task, size, paths[size]) for size in sizes}
+        for seed in args.seeds:
+            for arm in dict.fromkeys(a for size in sizes for a in arms[size]):
+                if any(_key({"task": task, "size": size, "arm": arm, "seed": seed, "lr": f"{lr:g}"}) not in done
+                       for size in sizes if arm in arms[size] for lr in _lrs(args, arm)):
+                    jobs.append(f"{task}:{seed}:{arm}")
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,15 +203,26 @@ def main(argv: list[str] | None = None) -> None:
                              "time); its cpu_s is then not comparable, and regret.py leaves it out")
     parser.add_argument("--done-csv", nargs="*", default=[],
                         help="other CSVs whose finished rows count as done (parallel sweeps)")
+    parser.add_argument("--plan", action="store_true",
+                        help="build the tasks and measure their signals, then print the runs not yet done "
+                             "as TASK:SEED:ARM jobs for sweep.sh (one process per arm), and train nothing")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.sizes) - set(EPOCHS))
+    if unknown:
+        parser.error(f"--sizes {unknown}: no epoch count for them; add them to oracle.EPOCHS "
+                     f"(now {sorted(EPOCHS)}).")
     torch.set_num_threads(args.threads)
     if args.accelerator == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
 
     csv_path = Path(args.csv)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     done = done_keys(csv_path).union(*(done_keys(Path(p)) for p in args.done_csv))
+    if args.plan:
+        for line in plan(args, done):
+            print(line)
+        return
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
     columns = header_of(csv_path) or COLUMNS
     if args.accelerator != "cpu" and "device" not in columns:
         parser.error(f"{csv_path} has no 'device' column, so GPU rows appended to it would pass for CPU "
@@ -194,15 +238,9 @@ def main(argv: list[str] | None = None) -> None:
                 sizes = task_sizes(task, tuple(args.sizes))
                 paths = build_task(task, args.root, sizes=tuple(sizes))
                 for size in sizes:
-                    signals = Path(args.signals_dir) / f"{task}-{size}.json"
-                    measure_signals(paths[size], signals)
-                    arms = list(args.arms)
-                    if args.add_recommended:
-                        arms += [a for a in possible_picks(json.loads(signals.read_text())) if a not in arms]
-                    for arm in arms:
-                        grid = LR_GRID[ARMS[arm]["strategy"]]
+                    for arm in cell_arms(args, task, size, paths[size]):
                         for seed in args.seeds:
-                            for lr in grid if args.lrs == "grid" else grid[:1]:
+                            for lr in _lrs(args, arm):
                                 row = {"task": task, "size": size, "arm": arm, "seed": seed, "lr": f"{lr:g}"}
                                 if _key(row) in done:
                                     continue

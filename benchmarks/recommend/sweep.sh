@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# More oracle seeds in bounded time: one oracle.py process per (task, seed), many at once,
-# all stopped by a deadline, their rows merged into one CSV.
+# More oracle runs in bounded time: one oracle.py process per (task, seed), or per (task,
+# seed, arm), many at once, all stopped by a deadline, their rows merged into one CSV.
 #
 #   bash benchmarks/recommend/sweep.sh OUT_DIR SECONDS PARALLEL ACCELERATOR JOB...
 #   bash benchmarks/recommend/sweep.sh /tmp/sweep 480 15 cuda fonts:0 digits:1 digits:2
 #
-# A JOB is TASK:SEED; jobs start in the order given, so put the ones that matter first.
+# A JOB is TASK:SEED (the core arms and the recommender's picks, in one process) or
+# TASK:SEED:ARM (one arm: several processes per cell, for cells too large for one process
+# to finish by the deadline; `oracle.py --plan` prints them). Jobs start in the order
+# given, so put the ones that matter first.
 # Rows already in benchmarks/recommend/results/oracle*.csv (not the pilot's, whose
 # protocol differed) are skipped (--done-csv). Each process flushes a row per finished
 # run, so the runs finished before the deadline count; the run it interrupts (SIGINT)
@@ -14,7 +17,9 @@
 # pixel digests: compare them with `python benchmarks/recommend/tasks.py --digest` on the
 # machine that made the committed CSVs) and OUT_DIR/logs.tar.gz.
 # On a GPU machine without the network, put wheels of anything missing in .whl/ first.
-# SIZES (images per class, default "5 20 60") picks the cells: SIZES=100 for the large ones.
+# SIZES (images per class, default "5 20 60") picks the cells: SIZES=100 or 200 for the large
+# ones, whose per-arm jobs `oracle.py --plan --sizes 200 --seeds 0 --lrs default --add-recommended
+# --arms linear lp-ft partial-1 partial-2 full surgical-1 --tasks ...` prints.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$1 seconds=$2 parallel=$3 accelerator=$4
@@ -44,15 +49,20 @@ if command -v nvidia-smi >/dev/null; then
 fi
 
 job() {
-  local task=${1%%:*} seed=${1##*:} left
+  local spec=$1 task seed arm name left
+  IFS=: read -r task seed arm <<< "$spec"
+  if [[ -n $arm ]]; then
+    set -- --arms "$arm"; name=$task-s$seed-$arm
+  else
+    set -- --add-recommended --arms linear lp-ft partial-1 partial-2 full surgical-1; name=$task-s$seed
+  fi
   left=$(( deadline - $(date +%s) ))
   (( left > 60 )) || return 0
   timeout -k 15 -s INT "$left" "$PYTHON" benchmarks/recommend/oracle.py --tasks "$task" --sizes $SIZES \
-    --seeds "$seed" --lrs default --add-recommended --accelerator "$accelerator" \
-    --arms linear lp-ft partial-1 partial-2 full surgical-1 \
-    --csv "$work/oracle-$task-s$seed.csv" \
+    --seeds "$seed" --lrs default --accelerator "$accelerator" "$@" \
+    --csv "$work/oracle-$name.csv" \
     --done-csv $(ls benchmarks/recommend/results/oracle*.csv | grep -v pilot) \
-    > "$work/log-$task-s$seed.txt" 2>&1 || echo "$task seed $seed stopped: $?" >> "$work/stopped.txt"
+    > "$work/log-$name.txt" 2>&1 || echo "$spec stopped: $?" >> "$work/stopped.txt"
 }
 export -f job
 printf '%s\n' "$@" | xargs -P "$parallel" -I{} bash -c 'job {}'

@@ -37,6 +37,13 @@ Sizes are nested (the 5 training images are among the 20, which are among the 10
 the test images never change with the size, so accuracies across sizes are comparable.
 LFW has 100 images per class: its largest size is 60. Images are 96 px (the benchmark
 trains at 96 px to fit a CPU budget; see docs/recommend.md).
+
+Sizes above 100 (up to 400, where the recommender's large-data branches are measured)
+keep the 100 pool as it is and add images from an independent stream of the same
+generator (seed + 10000): the val images are the pool's 25 and the stream's first ones,
+the train images the pool's 100 and the stream's next ones. So 200 still contains 100,
+the test images stay the same, and the images of sizes up to 100 did not change when
+the larger sizes were added. scikit-learn's digits (about 180 per class) stop at 100.
 """
 
 from __future__ import annotations
@@ -61,7 +68,10 @@ from finetune.data.builtin import PHOTO_SOURCES, build_dataset
 SIZES = (5, 20, 100)
 TEST_PER_CLASS = 20
 IMAGE_PX = 96
-MAX_SIZE = {"faces": 60}  # lfw_subset has 100 images per class
+MAX_SIZE = {"faces": 60, "digits": 100}  # lfw_subset has 100 images per class, digits ~180
+POOL = 100  # the largest size laid out in one stream: [test | val | train]
+LARGEST = 400  # sizes in (POOL, LARGEST] add images from a second stream
+EXTRA_STREAM = 10_000  # seed offset of that stream: no image is drawn twice
 
 # Texture and scientific images of scikit-image's data folder, one class each.
 TEXTURE_SOURCES = {
@@ -94,8 +104,13 @@ def _val_count(size: int) -> int:
 
 
 def _needed(task: str) -> int:
-    largest = MAX_SIZE.get(task, max(SIZES))
+    largest = MAX_SIZE.get(task, POOL)
     return TEST_PER_CLASS + _val_count(largest) + largest
+
+
+def _extra_val() -> int:
+    """The second stream's first images, which only the val splits above POOL use."""
+    return _val_count(LARGEST) - _val_count(POOL)
 
 
 def _read_folder(path: Path) -> Arrays:
@@ -283,6 +298,10 @@ TASKS: dict[str, Callable[[int, int], Arrays]] = {
 
 
 def task_sizes(task: str, sizes: tuple[int, ...] = SIZES) -> list[int]:
+    too_large = [s for s in sizes if s > LARGEST]
+    if too_large:
+        raise ValueError(f"Sizes {too_large} are above {LARGEST} images per class, the largest the "
+                         "benchmark lays out; raise tasks.LARGEST (it re-draws every size above 100).")
     return sorted({min(s, MAX_SIZE.get(task, s)) for s in sizes})
 
 
@@ -301,16 +320,21 @@ def build_task(task: str, root: str | Path, *, sizes: tuple[int, ...] = SIZES, s
     short = {c: len(v) for c, v in arrays.items() if len(v) < _needed(task)}
     if short:
         raise RuntimeError(f"Task '{task}' has too few images per class for its sizes: {short}.")
+    extra = TASKS[task](_extra_val() + LARGEST - POOL, seed + EXTRA_STREAM) if max(wanted) > POOL else {}
     paths = {}
     for size in wanted:
         target = root / task / str(size)
         shutil.rmtree(target, ignore_errors=True)
-        n_val = _val_count(size)
+        n_val = _val_count(min(size, POOL))
         for name, images in arrays.items():
             parts = {"test": images[:TEST_PER_CLASS],
                      "val": images[TEST_PER_CLASS:TEST_PER_CLASS + n_val],
                      # The val pool is sized for the largest size, so train stays nested.
-                     "train": images[TEST_PER_CLASS + _val_count(MAX_SIZE.get(task, max(SIZES))):][:size]}
+                     "train": images[TEST_PER_CLASS + _val_count(MAX_SIZE.get(task, POOL)):][:size]}
+            if size > POOL:
+                more = extra[name]
+                parts["val"] += more[:_val_count(size) - n_val]
+                parts["train"] += more[_extra_val():][:size - POOL]
             for split, items in parts.items():
                 folder = target / split / name
                 folder.mkdir(parents=True, exist_ok=True)
