@@ -62,7 +62,9 @@ CORE_ARMS = frozenset({"linear", "lp-ft", "partial-1", "partial-2", "full", "sur
 GRID = {
     # 200 added in session 7 before the first 100-per-class cell was scored: it lets the
     # calibration keep the large-data branches (partial, surgical, full) off at 100.
-    "little_per_class": (10.0, 25.0, 50.0, 100.0, 200.0),
+    # 400 added in session 8 before the first 200-per-class cell ran (those count 250 per
+    # class with val): it lets the calibration move the large-data branches above them too.
+    "little_per_class": (10.0, 25.0, 50.0, 100.0, 200.0, 400.0),
     "similar_score": (0.5, 0.6, 0.7, 0.8),
     "headroom": (0.0, 0.02, 0.05),
     # 0.0 (always lp-ft, never full, on large + different data) added with the session-5
