@@ -17,7 +17,8 @@ Methods:
   photos-small-noise, then on photos-pixelate, fonts and grey-crops); with those of
   session 6 (SESSION_6: held out on photos-jpeg and glyphs-lower, then on the first
   100-per-class cells); and with the current ones (finetune.recommend.Thresholds),
-  recalibrated in session 7 on all 63 cells: in-sample there (docs/recommend.md);
+  recalibrated in session 7 on the 63 cells up to 100 per class (in-sample there) and
+  held out, frozen, on the 200-per-class cells of session 8 (docs/recommend.md);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
