@@ -51,8 +51,10 @@ class Thresholds:
     # (partial, surgical) lost to lp-ft on average. Session 7 ran 12 tasks at 100 per
     # class (125 with validation), scored with 100 frozen: the large-data branches
     # (partial-3/4, surgical-3) lost 0.65 points against lp-ft's 0.28, and the
-    # calibration chose 200 for every task left out. From 200 on, the decision rests on
-    # the reasons in the comments, not on the benchmark's evidence.
+    # calibration chose 200 for every task left out. Session 8 ran 15 tasks at 200 per
+    # class with 200 frozen: the large-data branches lost 0.17 points to lp-ft on
+    # average (surgical lost both its cells; partial tied on saturated ones), and the
+    # calibration split (200 or 400 by task) and scored worse, so the line stayed.
     little_per_class: float = 200.0
     # Little + different and below this per class: a linear head instead of lp-ft, on
     # the fear that any fine-tuning memorises so few images. 0 = never. Was 10 until the
