@@ -192,3 +192,17 @@ def test_plan_lists_the_runs_not_done_cell_by_cell(monkeypatch, tmp_path):
     assert oracle.plan(args, done) == [
         "fonts:0:full", "fonts:0:partial-3", "fonts:1:full", "fonts:1:linear", "fonts:1:partial-3",
         "photos:0:full", "photos:0:linear", "photos:1:linear"]
+
+
+def test_a_build_under_another_layout_is_not_reused(tmp_path, monkeypatch):
+    """Changing LARGEST re-draws the sizes above the pool, so the finished build's marker
+    must not let the old images through."""
+    import tasks
+
+    monkeypatch.setattr(tasks, "POOL", 20)
+    monkeypatch.setattr(tasks, "TEST_PER_CLASS", 4)
+    monkeypatch.setattr(tasks, "LARGEST", 40)
+    before = tasks.pixel_digest(tasks.build_task("grey-crops", tmp_path, sizes=(30,))[30])
+    monkeypatch.setattr(tasks, "LARGEST", 60)
+    after = tasks.pixel_digest(tasks.build_task("grey-crops", tmp_path, sizes=(30,))[30])
+    assert before != after

@@ -312,7 +312,10 @@ def build_task(task: str, root: str | Path, *, sizes: tuple[int, ...] = SIZES, s
     root = Path(root)
     wanted = task_sizes(task, sizes)
     marker = root / task / ".built.json"
-    params = {"task": task, "seed": seed, "px": IMAGE_PX, "test": TEST_PER_CLASS, "version": 1}
+    # The layout above POOL decides which images sizes above 100 get: a build made under
+    # another LARGEST or stream is not reused.
+    params = {"task": task, "seed": seed, "px": IMAGE_PX, "test": TEST_PER_CLASS, "version": 1,
+              "layout": [POOL, LARGEST, EXTRA_STREAM]}
     done = json.loads(marker.read_text()) if marker.is_file() else {}
     if done.get("params") == params and set(wanted) <= set(done.get("sizes", [])):
         return {s: root / task / str(s) for s in wanted}
