@@ -45,16 +45,12 @@ class Thresholds:
     the comments and the pilot tasks of docs/recommend.md; the benchmark recalibrates
     them leave-one-task-out (benchmarks/recommend/regret.py), never on the scored task."""
 
-    # Amount: median images per class (all of the data) below this is "little". Was 50
-    # until session 6, when the leave-one-task-out calibration on 15 tasks (2-3 seeds)
-    # chose 100 for every task left out: at 60 per class the large-data branches
-    # (partial, surgical) lost to lp-ft on average. Session 7 ran 12 tasks at 100 per
-    # class (125 with validation), scored with 100 frozen: the large-data branches
-    # (partial-3/4, surgical-3) lost 0.65 points against lp-ft's 0.28, and the
-    # calibration chose 200 for every task left out. Session 8 ran 15 tasks at 200 per
-    # class with 200 frozen: the large-data branches lost 0.17 points to lp-ft on
-    # average (surgical lost both its cells; partial tied on saturated ones), and the
-    # calibration split (200 or 400 by task) and scored worse, so the line stayed.
+    # Amount: median images per class (all of the data) below this is "little". The
+    # benchmark's leave-one-task-out calibration moved it 50 -> 100 (session 6) -> 200
+    # (session 7), each time because the large-data branches (partial, surgical) lost to
+    # lp-ft at the largest size then measured. Held out at 200 per class (session 8) they
+    # still lost 0.17 points on average, but the calibration split by task and scored
+    # worse than this line, so it stayed. The numbers: docs/recommend.md.
     little_per_class: float = 200.0
     # Little + different and below this per class: a linear head instead of lp-ft, on
     # the fear that any fine-tuning memorises so few images. 0 = never. Was 10 until the

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("FINETUNE_OFFLINE", "1")
@@ -166,20 +167,27 @@ def _lrs(args: argparse.Namespace, arm: str) -> tuple[float, ...]:
     return grid if args.lrs == "grid" else grid[:1]
 
 
-def plan(args: argparse.Namespace, done: set[tuple]) -> list[str]:
-    """The not-yet-done runs as sweep.sh jobs, TASK:SEED:ARM, cell by cell (task, then
-    seed), so that a deadline cuts the last cells rather than every cell's last arms."""
-    jobs = []
+def pending_runs(args: argparse.Namespace, done: set[tuple]) -> Iterator[tuple[dict, Path]]:
+    """The runs not yet done, in sweep order (task, size, arm, seed, lr): the row's key
+    fields and the task folder. Each task is built, and its signals measured, as it comes."""
     for task in args.tasks:
         sizes = task_sizes(task, tuple(args.sizes))
         paths = build_task(task, args.root, sizes=tuple(sizes))
-        arms = {size: cell_arms(args, task, size, paths[size]) for size in sizes}
-        for seed in args.seeds:
-            for arm in dict.fromkeys(a for size in sizes for a in arms[size]):
-                if any(_key({"task": task, "size": size, "arm": arm, "seed": seed, "lr": f"{lr:g}"}) not in done
-                       for size in sizes if arm in arms[size] for lr in _lrs(args, arm)):
-                    jobs.append(f"{task}:{seed}:{arm}")
-    return jobs
+        for size in sizes:
+            for arm in cell_arms(args, task, size, paths[size]):
+                for seed in args.seeds:
+                    for lr in _lrs(args, arm):
+                        row = {"task": task, "size": size, "arm": arm, "seed": seed, "lr": f"{lr:g}"}
+                        if _key(row) not in done:
+                            yield row, paths[size]
+
+
+def plan(args: argparse.Namespace, done: set[tuple]) -> list[str]:
+    """The not-yet-done runs as sweep.sh jobs, TASK:SEED:ARM, cell by cell (task, then
+    seed), so that a deadline cuts the last cells rather than every cell's last arms."""
+    jobs = dict.fromkeys((row["task"], row["seed"], row["arm"]) for row, _ in pending_runs(args, done))
+    order = {task: i for i, task in enumerate(args.tasks)}
+    return [f"{t}:{seed}:{arm}" for t, seed, arm in sorted(jobs, key=lambda j: (order[j[0]], j[1]))]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -234,28 +242,19 @@ def main(argv: list[str] | None = None) -> None:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if columns is COLUMNS:
                 writer.writeheader()
-            for task in args.tasks:
-                sizes = task_sizes(task, tuple(args.sizes))
-                paths = build_task(task, args.root, sizes=tuple(sizes))
-                for size in sizes:
-                    for arm in cell_arms(args, task, size, paths[size]):
-                        for seed in args.seeds:
-                            for lr in _lrs(args, arm):
-                                row = {"task": task, "size": size, "arm": arm, "seed": seed, "lr": f"{lr:g}"}
-                                if _key(row) in done:
-                                    continue
-                                try:
-                                    row.update(one_run(paths[size], arm, size=size, seed=seed, lr=lr,
-                                                       work=work_root, cache=cache,
-                                                       accelerator=args.accelerator))
-                                except Exception as err:  # recorded, and the sweep goes on
-                                    traceback.print_exc()
-                                    row.update(status=f"error: {type(err).__name__}: {err}"[:200])
-                                writer.writerow(row)
-                                f.flush()
-                                print(f"  {task} {size}/class {arm:<11} seed {seed} lr {lr:g}: "
-                                      f"test {row.get('test_accuracy', '-')}, val {row.get('val_accuracy', '-')}, "
-                                      f"{row.get('cpu_s', '-')} CPU s", flush=True)
+            for row, task_dir in pending_runs(args, done):
+                try:
+                    row.update(one_run(task_dir, row["arm"], size=row["size"], seed=row["seed"],
+                                       lr=float(row["lr"]), work=work_root, cache=cache,
+                                       accelerator=args.accelerator))
+                except Exception as err:  # recorded, and the sweep goes on
+                    traceback.print_exc()
+                    row.update(status=f"error: {type(err).__name__}: {err}"[:200])
+                writer.writerow(row)
+                f.flush()
+                print(f"  {row['task']} {row['size']}/class {row['arm']:<11} seed {row['seed']} lr {row['lr']}: "
+                      f"test {row.get('test_accuracy', '-')}, val {row.get('val_accuracy', '-')}, "
+                      f"{row.get('cpu_s', '-')} CPU s", flush=True)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
 
