@@ -16,9 +16,10 @@ Methods:
   in session 5 after the first ten tasks (SESSION_5: held out on textures-small and
   photos-small-noise, then on photos-pixelate, fonts and grey-crops); with those of
   session 6 (SESSION_6: held out on photos-jpeg and glyphs-lower, then on the first
-  100-per-class cells); and with the current ones (finetune.recommend.Thresholds),
-  recalibrated in session 7 on the 63 cells up to 100 per class (in-sample there) and
-  held out, frozen, on the 200-per-class cells of session 8 (docs/recommend.md);
+  100-per-class cells); with those of session 7 (SESSION_7: recalibrated on the 63
+  cells up to 100 per class, held out, frozen, on the 200-per-class cells of sessions 8
+  and 9); and with the current ones (finetune.recommend.Thresholds), recalibrated in
+  session 9 on all 78 cells: in-sample until a held-out set scores them (docs/recommend.md);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
@@ -82,17 +83,23 @@ GRID = {
 # leave-one-task-out score is the honest one.
 PREREGISTERED = {"little_per_class": (10.0, 25.0, 50.0, 100.0), "similar_score": (0.5, 0.6, 0.7, 0.8),
                  "headroom": (0.0, 0.02, 0.05), "lpft_kappa": (0.4, 0.6, 0.8)}
+# Each frozen set names every threshold that has changed since it shipped, so that a later
+# recalibration of finetune.recommend.Thresholds does not move its row.
 # The defaults shipped before the sweep (changed in session 5, after the held-out tasks).
 PRE_SWEEP = Thresholds(very_little_per_class=10.0, little_per_class=50.0, headroom=0.02,
-                       little_similar_lpft_error=1.0, lpft_kappa=0.6)
+                       little_similar_lpft_error=1.0, lpft_kappa=0.6, similar_score=0.7)
 # The session-5 defaults, frozen for the third held-out set (photos-pixelate, fonts,
 # grey-crops); session 6 recalibrated little_per_class and headroom on all 15 tasks.
-SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02)
+SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02, similar_score=0.7)
 # The session-6 defaults, frozen for the first 100-per-class cells (session 7), which
 # then moved little_per_class to 200.
-SESSION_6 = Thresholds(little_per_class=100.0)
+SESSION_6 = Thresholds(little_per_class=100.0, similar_score=0.7)
+# The session-7 defaults, frozen for the 200-per-class cells (sessions 8 and 9), which
+# then moved similar_score to 0.5.
+SESSION_7 = Thresholds(little_per_class=200.0, similar_score=0.7)
 # Each earlier set of defaults is scored as its own row, beside the current defaults.
-FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": SESSION_6}
+FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": SESSION_6,
+                   "session-7": SESSION_7}
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
@@ -346,20 +353,20 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         accs = " | ".join(f"{100 * row[a]['acc']:.1f}" if a in row else "-" for a in arms)
         seeds = max(a["seeds"] for a in row.values())
         lines.append(f"| {cell[0]} | {cell[1]} | {seeds} | {accs} | {best} | {rec} |")
+    pick_columns = [(f"{name} pick", f"recommender ({name} defaults)") for name in FROZEN_DEFAULTS]
+    pick_columns += [("current pick", CURRENT), ("LOTO pick", "recommender (LOTO)")]
     lines += ["", "What the recommender measured (train + val images only) and what it picked:", "",
-              "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN "
-              "| cell | pre-sweep pick | session-5 pick | current pick | LOTO pick |",
-              "|---|---:|---:|---:|---:|---:|---|---|---|---|---|"]
+              "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN | cell | "
+              + " | ".join(title for title, _ in pick_columns) + " |",
+              "|---|---:|---:|---:|---:|---:|---|" + "---|" * len(pick_columns)]
     for cell in cells:
         sim = signals[cell]["similarity"]
         d = decide(sim, signals[cell]["stats"], Thresholds())
         after = sim.get("shift_later_after_early_adabn")
+        picks = " | ".join(picks_by_method.get(method, {}).get(cell, "-") for _, method in pick_columns)
         lines.append(
             f"| {cell[0]} | {cell[1]} | {sim['probe_accuracy']:.3f} | {sim['kappa']:.2f} | {d.score:.2f} | "
-            f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | "
-            f"{picks_by_method['recommender (pre-sweep defaults)'][cell]} | "
-            f"{picks_by_method['recommender (session-5 defaults)'][cell]} | {picks_by_method[CURRENT][cell]} | "
-            f"{picks_by_method.get('recommender (LOTO)', {}).get(cell, '-')} |")
+            f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | {picks} |")
     lines += ["", "Thresholds chosen leave-one-task-out (each used only on the task named):", ""]
     for task, thr in chosen.items():
         lines.append(f"- {task}: " + ", ".join(f"{k}={v:g}" for k, v in thr.items()))
