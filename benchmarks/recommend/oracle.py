@@ -59,9 +59,9 @@ LR_GRID = {"linear": (1e-2, 1e-3), "partial": (1e-3, 3e-4), "full": (1e-3, 3e-4)
            "lp-ft": (3e-4, 1e-4), "surgical": (1e-3, 3e-4)}
 # Batch 16 and these epochs give about 60 / 150 / 400 optimizer steps at 5 / 20 / 100
 # images per class on 8 classes: each size trains to a plateau on CPU in bounded time.
-# From 60 per class up the epochs stay at 8 (800 steps at 200).
+# From 60 per class up the epochs stay at 8 (800 steps at 200, 1600 at 400).
 BATCH_SIZE = 16
-EPOCHS = {5: 30, 20: 15, 60: 8, 100: 8, 200: 8}
+EPOCHS = {5: 30, 20: 15, 60: 8, 100: 8, 200: 8, 400: 8}
 LINEAR_EPOCHS = 100  # cached features: epochs cost milliseconds
 LP_EPOCHS = 50
 
