@@ -154,9 +154,12 @@ def plan_hyperparameters(decision: Decision, signals: dict, amount: dict, *, mod
         augment, why = "strong", ("little data: strong crops, colour, blur/noise and dropout "
                                   "stretch the few images (DESIGN.md's little-data cells)")
     elif strategy == "partial":
-        augment, why = "light", "large, similar data: crops and flips are enough"
+        augment, why = "light", f"large data, and only the last {unfreeze} stage(s) train: crops and flips are enough"
     else:
-        augment, why = "medium", "large data far from the pretraining: crops, flips, colour jitter, small affine"
+        # full, lp-ft or surgical on large data: more of the network moves than in partial.
+        what = ("far from the pretraining" if decision.similarity == "different"
+                else "and the first stages train" if strategy == "surgical" else "and the whole network trains")
+        augment, why = "medium", f"large data {what}: crops, flips, colour jitter, small affine"
     hp["augment"] = _hp(augment, why)
     side = min(amount.get("median_width") or image_size, amount.get("median_height") or image_size)
     size_reason = f"the backbone's pretrained input size ({model.pretrained_cfg.image_size} px)"

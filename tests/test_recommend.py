@@ -18,7 +18,14 @@ from finetune.config import RunConfig
 from finetune.data import discover
 from finetune.data.transforms import normalize_batch
 from finetune.models import create_backbone
-from finetune.recommend import Recommendation, Thresholds, apply_to_config, decide, recommend
+from finetune.recommend import (
+    Decision,
+    Recommendation,
+    Thresholds,
+    apply_to_config,
+    decide,
+    recommend,
+)
 from finetune.recommend_plan import plan_hyperparameters
 from finetune.recommend_signals import (
     _Moments,
@@ -313,6 +320,27 @@ def test_budget_trades_epochs_then_strategy(digits_rec, lite0):
                                 budget_minutes=1e-6)
     assert tiny.strategy == "linear" and tiny.warnings
 
+
+
+def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
+    sig = digits_rec.similarity
+    amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,
+              "per_class_median": 700}
+
+    def augment(strategy, unfreeze, similarity):
+        d = Decision(strategy=strategy, unfreeze=unfreeze, amount="large", similarity=similarity,
+                     score=0.6, input_level=strategy == "surgical", reasons=["(the cell)"])
+        hp = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
+                                  budget_minutes=None).hyperparameters["augment"]
+        return hp["value"], hp["reason"]
+
+    assert augment("partial", 2, "similar") == (
+        "light", "large data, and only the last 2 stage(s) train: crops and flips are enough")
+    value, why = augment("surgical", 3, "similar")
+    assert value == "medium" and why.startswith("large data and the first stages train:")
+    value, why = augment("lp-ft", None, "different")
+    assert value == "medium" and why.startswith("large data far from the pretraining:")
+    assert augment("full", None, "similar")[1].startswith("large data and the whole network trains:")
 
 # --------------------------------------------------------------------------- command and CLI
 def test_command_parses_with_the_cli(digits_rec, small_digits):
