@@ -187,28 +187,28 @@ def _fonts(per_class: int, seed: int) -> Arrays:
     """Which typeface: a random capital A-Z in one of eight fonts, at the glyphs task's
     random size, angle and colours. The letter varies within a class and the class is
     the strokes' style, a label ImageNet never asked for."""
-    from finetune.data.builtin import _render_glyph, matplotlib_fonts
+    from finetune.data.builtin import matplotlib_fonts, render_glyph
 
     cache: dict = {}
     out: Arrays = {}
     for i, font in enumerate(matplotlib_fonts(FONT_FILES, at_least=len(FONT_FILES))):
         rng = np.random.default_rng([seed, 300 + i])
         letters = rng.integers(0, 26, per_class)
-        out[font.stem] = [_render_glyph(chr(65 + int(k)), [font], rng, IMAGE_PX, cache) for k in letters]
+        out[font.stem] = [render_glyph(chr(65 + int(k)), [font], rng, IMAGE_PX, cache) for k in letters]
     return out
 
 
 def _glyphs_lower(per_class: int, seed: int) -> Arrays:
     """The glyphs task's rendering (random font, size, angle and colours) for the lower-case
     letters a-j, in the fonts that draw them as letters (not the TeX math cuts)."""
-    from finetune.data.builtin import GLYPH_FONTS, _render_glyph, matplotlib_fonts
+    from finetune.data.builtin import GLYPH_FONTS, matplotlib_fonts, render_glyph
 
     fonts = matplotlib_fonts(tuple(f for f in GLYPH_FONTS if f not in ("cmmi10.ttf", "cmsy10.ttf")), at_least=4)
     cache: dict = {}
     out: Arrays = {}
     for i, letter in enumerate("abcdefghij"):
         rng = np.random.default_rng([seed, 500 + i])
-        out[letter] = [_render_glyph(letter, fonts, rng, IMAGE_PX, cache) for _ in range(per_class)]
+        out[letter] = [render_glyph(letter, fonts, rng, IMAGE_PX, cache) for _ in range(per_class)]
     return out
 
 
