@@ -145,6 +145,30 @@ def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     assert saved["results"]["always linear"]["mean"] == pytest.approx(25.0)
     text = out.with_suffix(".md").read_text()
     assert "| digits | 20 |" in text and "| digits | 5 |" not in text
+    # The signals table has a pick column for every frozen set, then current and LOTO.
+    picks = [f"{name} pick" for name in regret.FROZEN_DEFAULTS] + ["current pick", "LOTO pick"]
+    assert "| cell | " + " | ".join(picks) + " |" in text
+
+
+# Each frozen set as it shipped, every field spelled out: a later change to a default in
+# finetune.recommend.Thresholds must not move the rows that score the old sets.
+SHIPPED = {
+    "pre-sweep": {"little_per_class": 50.0, "very_little_per_class": 10.0, "little_similar_lpft_error": 1.0,
+                  "headroom": 0.02, "lpft_kappa": 0.6, "similar_score": 0.7},
+    "session-5": {"little_per_class": 50.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
+                  "headroom": 0.02, "lpft_kappa": 0.0, "similar_score": 0.7},
+    "session-6": {"little_per_class": 100.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
+                  "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.7},
+    "session-7": {"little_per_class": 200.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
+                  "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.7},
+}
+UNCHANGED_SINCE_THE_PILOT = {"probe_weight": 0.5, "shift_scale": 1.0, "similar_kappa_no_bn": 0.8, "plateau": 0.01,
+                             "pixel_shift": 0.3, "pixel_share": 0.4, "semantic_hot": 0.6, "full_share": 0.5}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_frozen_default_sets_do_not_follow_the_current_defaults(name):
+    assert regret.FROZEN_DEFAULTS[name].to_json() == {**UNCHANGED_SINCE_THE_PILOT, **SHIPPED[name]}
 
 
 def _images(split_dir: Path) -> dict[str, list[bytes]]:
