@@ -72,11 +72,11 @@ class Thresholds:
     # glyphs 1.0; a scale of 1.0 maps these to 0.8, 0.7 and 0.37.
     shift_scale: float = 1.0
     # At or above: "similar" (pilot: photos 0.9, digits 0.63). Was 0.7 until session 9:
-    # with three seeds at 200 per class, the leave-one-task-out calibration chose 0.5 for
-    # 16 of 17 tasks. It moves large data whose frozen features probe well despite a
-    # BN shift (glyphs, pixelated photos: 0.54-0.64) from lp-ft to partial, which won
+    # with two or three seeds at 200 per class, the leave-one-task-out calibration chose
+    # 0.5 for 16 of 17 tasks. It moves large data whose frozen features probe well despite
+    # a BN shift (glyphs, pixelated photos: 0.54-0.64) from lp-ft to partial, which won
     # there by 1.9-3.5 points, and photos-rotation (0.698), which lost 3.3. Only large
-    # data changes strategy: little data gets lp-ft on either side of the line.
+    # data changes strategy: little data gets the same pick on either side of the line.
     similar_score: float = 0.5
     similar_kappa_no_bn: float = 0.8  # no BatchNorm: kappa alone decides
     # Probe error at or below this: the frozen features already separate the classes,

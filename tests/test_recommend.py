@@ -321,7 +321,6 @@ def test_budget_trades_epochs_then_strategy(digits_rec, lite0):
     assert tiny.strategy == "linear" and tiny.warnings
 
 
-
 def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
     sig = digits_rec.similarity
     amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,
@@ -341,6 +340,7 @@ def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
     value, why = augment("lp-ft", None, "different")
     assert value == "medium" and why.startswith("large data far from the pretraining:")
     assert augment("full", None, "similar")[1].startswith("large data and the whole network trains:")
+
 
 # --------------------------------------------------------------------------- command and CLI
 def test_command_parses_with_the_cli(digits_rec, small_digits):
