@@ -150,6 +150,27 @@ def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     assert "| cell | " + " | ".join(picks) + " |" in text
 
 
+
+def test_loto_ties_go_to_the_anchor_defaults(tmp_path):
+    """Where every arm scores the same, every grid point ties on the other tasks, so each
+    fold keeps the grid values of the --loto-anchor set (here the pre-sweep defaults, none
+    of which is the current default for all keys)."""
+    arms = {"linear": 1e-2, "lp-ft": 3e-4, "partial-1": 1e-3, "partial-2": 1e-3, "full": 1e-3, "surgical-1": 1e-3}
+    rows = [_row(task, size, arm, lr, 0.9, 0.5) for task in ("digits", "photos") for size in (5, 20)
+            for arm, lr in arms.items()]
+    path = tmp_path / "oracle.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "regret"
+    regret.main(["--csv", str(path), "--loto-anchor", "pre-sweep", "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    expected = {k: getattr(regret.PRE_SWEEP, k) for k in regret.GRID}
+    assert saved["loto_anchor"] == "pre-sweep"
+    assert saved["thresholds_loto"] == {"digits": expected, "photos": expected}
+    assert "ties went to the grid values nearest the pre-sweep defaults" in out.with_suffix(".md").read_text()
+
 # Each frozen set as it shipped, every field spelled out: a later change to a default in
 # finetune.recommend.Thresholds must not move the rows that score the old sets.
 SHIPPED = {

@@ -385,6 +385,11 @@ def main(argv: list[str] | None = None) -> None:
                         "the other tasks still calibrate the LOTO thresholds and the 2x2 medians")
     parser.add_argument("--sizes", nargs="+", type=int,
                         help="score only the cells of these sizes (images per class); every cell calibrates")
+    parser.add_argument("--loto-anchor", choices=["current", *FROZEN_DEFAULTS], default="current",
+                        help="the defaults that leave-one-task-out ties go to (the grid value nearest "
+                        "them). The current defaults were calibrated on every task, the one left out "
+                        "included, so through ties they can carry its own cells' results into its fold; "
+                        "a frozen set from before those cells ran cannot")
     args = parser.parse_args(argv)
 
     def wanted(cell: Cell) -> bool:
@@ -397,7 +402,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"No cell of {', '.join(args.csv)} has signals in {args.signals_dir}; run oracle.py first.")
 
     picks_by_method: dict[str, dict[Cell, str]] = {}
-    picks_by_method["recommender (LOTO)"], chosen = leave_one_task_out(table, signals, cells)
+    anchor = Thresholds() if args.loto_anchor == "current" else FROZEN_DEFAULTS[args.loto_anchor]
+    picks_by_method["recommender (LOTO)"], chosen = leave_one_task_out(table, signals, cells, base=anchor)
     picks_by_method["recommender (LOTO, pre-registered grid)"], _ = leave_one_task_out(
         table, signals, cells, PREREGISTERED, PRE_SWEEP)
     for name, thresholds in FROZEN_DEFAULTS.items():
@@ -427,6 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(results, table, picks_by_method, shown, {t: v for t, v in chosen.items()
                                                               if any(c[0] == t for c in shown)},
                     signals, differences)
+    text += f"\n\nLeave-one-task-out ties went to the grid values nearest the {args.loto_anchor} defaults."
     floor = noise_floor(table, scored)
     if floor:
         others = {name: statistics.mean(regret_of(table, {c: picks_by_method[name][c] for c in floor}).values())
@@ -449,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         "differences": differences,
         "picks": {name: {f"{t}-{s}": a for (t, s), a in picks.items()} for name, picks in picks_by_method.items()},
         "thresholds_loto": chosen,
+        "loto_anchor": args.loto_anchor,
         "unscored_cells": unscored,
         "oracle": {f"{t}-{s}": arms for (t, s), arms in table.items()},
     }, indent=2) + "\n")
