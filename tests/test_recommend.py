@@ -195,8 +195,9 @@ def test_signals_are_finite_and_in_range(photos_rec, digits_rec):
 def test_photos_sit_closer_to_imagenet_than_digits(photos_rec, digits_rec):
     p, d = photos_rec.similarity, digits_rec.similarity
     assert photos_rec.cell == {"similarity": "similar", "amount": "little"}
-    # Digits land near the 0.5 line (0.49 here, 0.56-0.65 on the benchmark's larger
-    # builds), so the test asserts the distance between the two, not digits' side.
+    # Digits' score moves with the build (0.49 here, 0.56-0.65 on the benchmark's), and
+    # the line has moved with calibration, so the test asserts the distance between the
+    # two, not the side of the line digits fall on.
     assert p["score"] > d["score"] + 0.2
     assert p["probe_accuracy"] > d["probe_accuracy"]
     assert p["shift_deep"] < d["shift_deep"]
@@ -252,7 +253,7 @@ def test_decision_cells_and_refinements():
     assert decide(early_plateau, large).strategy == "full"  # 4 of 6 stages
     # semantic shift far from ImageNet -> lp-ft; by default even with poor features (the
     # benchmark found no cell where full beat it); with lpft_kappa set, poor -> full
-    # (score 0.5 * 0.89 + 0.5 * exp(-3) = 0.47, under the 0.5 line)
+    # (score 0.5 * 0.89 + 0.5 * exp(-3) = 0.47, under the line)
     far = _signals(shift_later_after_early_adabn=3.0, shift_later=3.2)
     assert decide(far, large).similarity == "different"
     assert decide(far, large).strategy == "lp-ft"

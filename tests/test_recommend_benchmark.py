@@ -182,6 +182,8 @@ SHIPPED = {
                   "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.7},
     "session-7": {"little_per_class": 200.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
                   "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.7},
+    "session-9": {"little_per_class": 200.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
+                  "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.5},
 }
 UNCHANGED_SINCE_THE_PILOT = {"probe_weight": 0.5, "shift_scale": 1.0, "similar_kappa_no_bn": 0.8, "plateau": 0.01,
                              "pixel_shift": 0.3, "pixel_share": 0.4, "semantic_hot": 0.6, "full_share": 0.5}

@@ -18,8 +18,10 @@ Methods:
   session 6 (SESSION_6: held out on photos-jpeg and glyphs-lower, then on the first
   100-per-class cells); with those of session 7 (SESSION_7: recalibrated on the 63
   cells up to 100 per class, held out, frozen, on the 200-per-class cells of sessions 8
-  and 9); and with the current ones (finetune.recommend.Thresholds), recalibrated in
-  session 9 on all 78 cells: in-sample until a held-out set scores them (docs/recommend.md);
+  and 9, and still the current ones); with session 9's candidate (SESSION_9:
+  similar_score 0.5, chosen on the 78 cells up to 200 per class, held out at 400, where
+  it lost and was withdrawn); and with the current ones (finetune.recommend.Thresholds)
+  (docs/recommend.md);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
@@ -94,12 +96,15 @@ SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02, similar_score=0.7)
 # The session-6 defaults, frozen for the first 100-per-class cells (session 7), which
 # then moved little_per_class to 200.
 SESSION_6 = Thresholds(little_per_class=100.0, similar_score=0.7)
-# The session-7 defaults, frozen for the 200-per-class cells (sessions 8 and 9), which
-# then moved similar_score to 0.5.
+# The session-7 defaults, frozen for the 200-per-class cells (sessions 8 and 9).
 SESSION_7 = Thresholds(little_per_class=200.0, similar_score=0.7)
+# Session 9's candidate, shipped for part of that session: the similarity line at 0.5,
+# frozen for the 400-per-class cells (registered in bca4f17). Its first two held-out
+# cells lost to the session-7 line, which is the default again.
+SESSION_9 = Thresholds(little_per_class=200.0, similar_score=0.5)
 # Each earlier set of defaults is scored as its own row, beside the current defaults.
 FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": SESSION_6,
-                   "session-7": SESSION_7}
+                   "session-7": SESSION_7, "session-9": SESSION_9}
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
