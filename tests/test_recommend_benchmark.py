@@ -21,6 +21,18 @@ def _row(task, size, arm, lr, val, test, seed=0, cpu=1.0):
             "cpu_s": str(cpu), "epochs": "5", "status": "ok"}
 
 
+# The core arms, each at its default learning rate (listed in the order rows are made).
+CORE_LRS = {"linear": 1e-2, "lp-ft": 3e-4, "partial-1": 1e-3, "partial-2": 1e-3, "full": 1e-3, "surgical-1": 1e-3}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def test_the_learning_rate_is_chosen_on_validation_never_on_test():
     rows = [_row("t", 5, "full", 1e-3, val=0.9, test=0.5), _row("t", 5, "full", 3e-4, val=0.8, test=0.99),
             _row("t", 5, "full", 1e-3, val=0.7, test=0.6, seed=1),
@@ -129,14 +141,10 @@ def test_noise_floor_picks_on_the_other_seeds_and_scores_on_the_left_out_one():
 def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     """`--sizes 20` (the held-out size of a new sweep) scores the 20-per-class cells
     alone, on the committed signals of two tasks; the 5-per-class cells are not scored."""
-    arms = {"linear": 1e-2, "lp-ft": 3e-4, "partial-1": 1e-3, "partial-2": 1e-3, "full": 1e-3, "surgical-1": 1e-3}
+    arms = CORE_LRS
     rows = [_row(task, size, arm, lr, 0.9, 0.5 + 0.05 * i + 0.01 * (size == 20))
             for task in ("digits", "photos") for size in (5, 20) for i, (arm, lr) in enumerate(arms.items())]
-    path = tmp_path / "oracle.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _write_csv(tmp_path / "oracle.csv", rows)
     out = tmp_path / "regret"
     regret.main(["--csv", str(path), "--sizes", "20", "--out", str(out)])
     saved = json.loads(out.with_suffix(".json").read_text())
@@ -150,19 +158,14 @@ def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     assert "| cell | " + " | ".join(picks) + " |" in text
 
 
-
 def test_loto_ties_go_to_the_anchor_defaults(tmp_path):
     """Where every arm scores the same, every grid point ties on the other tasks, so each
     fold keeps the grid values of the --loto-anchor set (here the pre-sweep defaults, none
     of which is the current default for all keys)."""
-    arms = {"linear": 1e-2, "lp-ft": 3e-4, "partial-1": 1e-3, "partial-2": 1e-3, "full": 1e-3, "surgical-1": 1e-3}
+    arms = CORE_LRS
     rows = [_row(task, size, arm, lr, 0.9, 0.5) for task in ("digits", "photos") for size in (5, 20)
             for arm, lr in arms.items()]
-    path = tmp_path / "oracle.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    path = _write_csv(tmp_path / "oracle.csv", rows)
     out = tmp_path / "regret"
     regret.main(["--csv", str(path), "--loto-anchor", "pre-sweep", "--out", str(out)])
     saved = json.loads(out.with_suffix(".json").read_text())
