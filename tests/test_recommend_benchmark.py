@@ -141,9 +141,8 @@ def test_noise_floor_picks_on_the_other_seeds_and_scores_on_the_left_out_one():
 def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     """`--sizes 20` (the held-out size of a new sweep) scores the 20-per-class cells
     alone, on the committed signals of two tasks; the 5-per-class cells are not scored."""
-    arms = CORE_LRS
     rows = [_row(task, size, arm, lr, 0.9, 0.5 + 0.05 * i + 0.01 * (size == 20))
-            for task in ("digits", "photos") for size in (5, 20) for i, (arm, lr) in enumerate(arms.items())]
+            for task in ("digits", "photos") for size in (5, 20) for i, (arm, lr) in enumerate(CORE_LRS.items())]
     path = _write_csv(tmp_path / "oracle.csv", rows)
     out = tmp_path / "regret"
     regret.main(["--csv", str(path), "--sizes", "20", "--out", str(out)])
@@ -162,9 +161,8 @@ def test_loto_ties_go_to_the_anchor_defaults(tmp_path):
     """Where every arm scores the same, every grid point ties on the other tasks, so each
     fold keeps the grid values of the --loto-anchor set (here the pre-sweep defaults, none
     of which is the current default for all keys)."""
-    arms = CORE_LRS
     rows = [_row(task, size, arm, lr, 0.9, 0.5) for task in ("digits", "photos") for size in (5, 20)
-            for arm, lr in arms.items()]
+            for arm, lr in CORE_LRS.items()]
     path = _write_csv(tmp_path / "oracle.csv", rows)
     out = tmp_path / "regret"
     regret.main(["--csv", str(path), "--loto-anchor", "pre-sweep", "--out", str(out)])
@@ -173,6 +171,7 @@ def test_loto_ties_go_to_the_anchor_defaults(tmp_path):
     assert saved["loto_anchor"] == "pre-sweep"
     assert saved["thresholds_loto"] == {"digits": expected, "photos": expected}
     assert "ties went to the grid values nearest the pre-sweep defaults" in out.with_suffix(".md").read_text()
+
 
 # Each frozen set as it shipped, every field spelled out: a later change to a default in
 # finetune.recommend.Thresholds must not move the rows that score the old sets.

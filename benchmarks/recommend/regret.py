@@ -368,7 +368,7 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         sim = signals[cell]["similarity"]
         d = decide(sim, signals[cell]["stats"], Thresholds())
         after = sim.get("shift_later_after_early_adabn")
-        picks = " | ".join(picks_by_method.get(method, {}).get(cell, "-") for _, method in pick_columns)
+        picks = " | ".join(picks_by_method[method][cell] for _, method in pick_columns)
         lines.append(
             f"| {cell[0]} | {cell[1]} | {sim['probe_accuracy']:.3f} | {sim['kappa']:.2f} | {d.score:.2f} | "
             f"{'-' if after is None else f'{after:.2f}'} | {d.amount}, {d.similarity} | {picks} |")
