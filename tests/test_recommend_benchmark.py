@@ -173,6 +173,24 @@ def test_loto_ties_go_to_the_anchor_defaults(tmp_path):
     assert "ties went to the grid values nearest the pre-sweep defaults" in out.with_suffix(".md").read_text()
 
 
+def test_a_cell_cut_short_neither_calibrates_nor_is_scored_but_is_listed(tmp_path):
+    """photos-20 ran only lp-ft and the current defaults' pick (linear), as a deadline
+    can leave a registered cell: its best arm is not its oracle, so it is kept out of
+    the calibration and of every score, and listed with the paired pick-minus-lp-ft."""
+    rows = [_row(task, size, arm, lr, 0.9, 0.5 + 0.05 * i) for task, size in (("digits", 5), ("digits", 20),
+            ("photos", 5)) for i, (arm, lr) in enumerate(CORE_LRS.items())]
+    rows += [_row("photos", 20, "lp-ft", 3e-4, 0.9, 0.75), _row("photos", 20, "linear", 1e-2, 0.9, 0.8)]
+    path = _write_csv(tmp_path / "oracle.csv", rows)
+    out = tmp_path / "regret"
+    regret.main(["--csv", str(path), "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["incomplete_cells"]["photos-20"] == {
+        "arms": {"linear": 0.8, "lp-ft": 0.75}, "current_pick": "linear", "pick_minus_lpft": pytest.approx(5.0)}
+    assert "photos-20" not in saved["oracle"] and "photos-20" not in saved["picks"]["recommender (LOTO)"]
+    assert saved["results"]["always lp-ft"]["cells"] == 3
+    assert "| photos | 20 | linear 80.0, lp-ft 75.0 | linear | +5.0 |" in out.with_suffix(".md").read_text()
+
+
 # Each frozen set as it shipped, every field spelled out: a later change to a default in
 # finetune.recommend.Thresholds must not move the rows that score the old sets.
 SHIPPED = {

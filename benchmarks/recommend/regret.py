@@ -39,7 +39,9 @@ its other seeds loses on the seed left out.
 
 Per cell, a seed counts only where it ran every core arm, and an arm only where it ran on
 every counted seed (load_oracle); seeds trained on a GPU (oracle.py --accelerator cuda)
-count for accuracy, not for CPU seconds. ``--tasks`` scores a held-out set alone while the
+count for accuracy, not for CPU seconds. A cell on which some core arm has not run yet
+(a sweep's deadline) is left out of the calibration and of every score, and listed with
+the arms that ran and its current pick minus lp-ft. ``--tasks`` scores a held-out set alone while the
 other tasks still calibrate.
 """
 
@@ -331,6 +333,21 @@ def paired_differences(table: dict, picks_by_method: dict, reference: str, cells
     return out
 
 
+def incomplete_cells(incomplete: dict[Cell, dict], signals: dict) -> dict[Cell, dict]:
+    """Per cell cut short: each arm that ran and its test accuracy, the current defaults'
+    pick (None without signals) and, where lp-ft and that pick both ran, the pick's
+    accuracy minus lp-ft's in points: the paired difference behind "better than
+    always-lp-ft", which needs those two arms only."""
+    out = {}
+    for cell in sorted(incomplete):
+        arms = {a: incomplete[cell][a]["acc"] for a in sorted(incomplete[cell])}
+        pick = recommended_arm(signals[cell], Thresholds()) if cell in signals else None
+        both = pick in arms and "lp-ft" in arms
+        out[cell] = {"arms": arms, "current_pick": pick,
+                     "pick_minus_lpft": 100.0 * (arms[pick] - arms["lp-ft"]) if both else None}
+    return out
+
+
 def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell], chosen: dict,
              signals: dict, differences: dict[str, dict[str, dict]]) -> str:
     lines = ["| method | cells | mean regret | median | worst | hit rate | mean CPU s |",
@@ -402,9 +419,15 @@ def main(argv: list[str] | None = None) -> None:
 
     table = load_oracle(read_rows([Path(p) for p in args.csv]))
     signals = load_signals(Path(args.signals_dir), sorted(table))
+    # A cell counts once every core arm has run on it: the best of the arms a deadline let
+    # finish is not the cell's oracle, so a cell cut short neither calibrates nor is scored.
+    # It is listed apart with the arms that did run (incomplete_cells).
+    incomplete = {c: arms for c, arms in table.items() if not CORE_ARMS <= set(arms)}
+    table = {c: arms for c, arms in table.items() if c not in incomplete}
     cells = sorted(c for c in table if c in signals)
     if not cells:
-        sys.exit(f"No cell of {', '.join(args.csv)} has signals in {args.signals_dir}; run oracle.py first.")
+        sys.exit(f"No cell of {', '.join(args.csv)} ran every core arm and has signals in "
+                 f"{args.signals_dir}; run oracle.py first.")
 
     picks_by_method: dict[str, dict[Cell, str]] = {}
     anchor = Thresholds() if args.loto_anchor == "current" else FROZEN_DEFAULTS[args.loto_anchor]
@@ -449,6 +472,15 @@ def main(argv: list[str] | None = None) -> None:
                  f"other seeds' test accuracy, scored on the seed left out, loses "
                  f"{statistics.mean(floor.values()):.2f} points on average (worst {max(floor.values()):.2f}). "
                  "On the same cells: " + ", ".join(f"{n} {v:.2f}" for n, v in others.items()) + ".")
+    partial = incomplete_cells({c: a for c, a in incomplete.items() if wanted(c)}, signals)
+    if partial:
+        text += ("\n\nCells not complete yet (a core arm has not run), left out of the calibration and of "
+                 "every score above; the current defaults' pick against always-lp-ft where both ran:\n\n"
+                 "| task | size | arms run (test %) | current pick | pick minus lp-ft |\n|---|---:|---|---|---:|")
+        for (task, size), p in partial.items():
+            ran = ", ".join(f"{arm} {100 * acc:.1f}" for arm, acc in p["arms"].items())
+            diff = "-" if p["pick_minus_lpft"] is None else f"{p['pick_minus_lpft']:+.1f}"
+            text += f"\n| {task} | {size} | {ran} | {p['current_pick'] or '-'} | {diff} |"
     if unscored:
         text += "\n\nCells left out of every method's score (a method picked an arm the sweep did not run):\n\n"
         text += "\n".join(f"- {cell}: {', '.join(arms)}" for cell, arms in unscored.items())
@@ -463,6 +495,7 @@ def main(argv: list[str] | None = None) -> None:
         "thresholds_loto": chosen,
         "loto_anchor": args.loto_anchor,
         "unscored_cells": unscored,
+        "incomplete_cells": {f"{t}-{s}": p for (t, s), p in partial.items()},
         "oracle": {f"{t}-{s}": arms for (t, s), arms in table.items()},
     }, indent=2) + "\n")
 
