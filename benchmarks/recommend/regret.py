@@ -41,8 +41,8 @@ Per cell, a seed counts only where it ran every core arm, and an arm only where 
 every counted seed (load_oracle); seeds trained on a GPU (oracle.py --accelerator cuda)
 count for accuracy, not for CPU seconds. A cell on which some core arm has not run yet
 (a sweep's deadline) is left out of the calibration and of every score, and listed with
-the arms that ran and its current pick minus lp-ft. ``--tasks`` scores a held-out set alone while the
-other tasks still calibrate.
+the arms that ran and its current pick minus lp-ft. ``--tasks`` scores a held-out set
+alone while the other tasks still calibrate.
 """
 
 from __future__ import annotations
