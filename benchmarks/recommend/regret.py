@@ -472,12 +472,12 @@ def main(argv: list[str] | None = None) -> None:
                  f"other seeds' test accuracy, scored on the seed left out, loses "
                  f"{statistics.mean(floor.values()):.2f} points on average (worst {max(floor.values()):.2f}). "
                  "On the same cells: " + ", ".join(f"{n} {v:.2f}" for n, v in others.items()) + ".")
-    partial = incomplete_cells({c: a for c, a in incomplete.items() if wanted(c)}, signals)
-    if partial:
+    cut_short = incomplete_cells({c: a for c, a in incomplete.items() if wanted(c)}, signals)
+    if cut_short:
         text += ("\n\nCells not complete yet (a core arm has not run), left out of the calibration and of "
                  "every score above; the current defaults' pick against always-lp-ft where both ran:\n\n"
                  "| task | size | arms run (test %) | current pick | pick minus lp-ft |\n|---|---:|---|---|---:|")
-        for (task, size), p in partial.items():
+        for (task, size), p in cut_short.items():
             ran = ", ".join(f"{arm} {100 * acc:.1f}" for arm, acc in p["arms"].items())
             diff = "-" if p["pick_minus_lpft"] is None else f"{p['pick_minus_lpft']:+.1f}"
             text += f"\n| {task} | {size} | {ran} | {p['current_pick'] or '-'} | {diff} |"
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
         "thresholds_loto": chosen,
         "loto_anchor": args.loto_anchor,
         "unscored_cells": unscored,
-        "incomplete_cells": {f"{t}-{s}": p for (t, s), p in partial.items()},
+        "incomplete_cells": {f"{t}-{s}": p for (t, s), p in cut_short.items()},
         "oracle": {f"{t}-{s}": arms for (t, s), arms in table.items()},
     }, indent=2) + "\n")
 
