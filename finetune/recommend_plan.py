@@ -255,8 +255,8 @@ def evidence(signals: dict, amount: dict, decision: Decision, plan: Plan, thr: T
     out.append(_e("similarity_score", decision.score,
                   f"{decision.similarity}: "
                   + (f"{thr.probe_weight:g} x kappa + {1 - thr.probe_weight:g} x exp(-shift after early "
-                     f"AdaBN / {thr.shift_scale:g}); the line is {thr.similar_score:g}"
-                     if signals["has_batchnorm"] else f"kappa alone; the line is {thr.similar_kappa_no_bn:g}")))
+                     f"AdaBN / {thr.shift_scale:g}); the line is {decision.line:g}"
+                     if signals["has_batchnorm"] else f"kappa alone; the line is {decision.line:g}")))
     if plan.estimated_minutes is not None:
         out.append(_e("estimated_minutes", plan.estimated_minutes,
                       f"rough training time of the command below on this machine, from the measured "

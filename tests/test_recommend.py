@@ -285,6 +285,34 @@ def test_decision_cells_and_refinements():
     assert decide(no_bn, large).score == pytest.approx(no_bn["kappa"])
 
 
+def test_the_shifted_line_moves_only_data_whose_later_shift_stays_high():
+    large = {"per_class_median": 400}
+    candidate = Thresholds(similar_score_shifted=0.5)  # registered in session 12
+    # glyph-like: features that separate the classes (kappa 0.85) in stages that drifted
+    # (shift 1.0 left after early AdaBN): score 0.425 + 0.5 * exp(-1) = 0.61
+    glyphs = _signals(probe_accuracy=0.865, kappa=0.85, shift_later_after_early_adabn=1.0, shift_later=1.7)
+    d = decide(glyphs, large)
+    assert (d.similarity, d.line, d.strategy) == ("different", 0.7, "lp-ft")
+    d = decide(glyphs, large, candidate)
+    assert (d.similarity, d.line, d.strategy) == ("similar", 0.5, "partial")
+    assert "(the line is 0.5: the later stages' shift stays at 1.00 >= 0.6 after early AdaBN)" in d.reasons[1]
+    # rotation-like: a middling score from features that do not separate (kappa 0.55)
+    # while the statistics barely moved (0.19): 0.69, "different" under either line
+    rotated = _signals(probe_accuracy=0.595, kappa=0.55, shift_later_after_early_adabn=0.19, shift_later=0.22)
+    for thr in (Thresholds(), candidate):
+        d = decide(rotated, large, thr)
+        assert (d.similarity, d.line, d.strategy) == ("different", 0.7, "lp-ft")
+        assert "the line is" not in d.reasons[1]
+    # the condition is semantic_hot, inclusive; without BatchNorm, kappa's own line
+    assert decide(dict(glyphs, shift_later_after_early_adabn=0.6), large, candidate).line == 0.5
+    assert decide(dict(glyphs, shift_later_after_early_adabn=0.59), large, candidate).line == 0.7
+    no_bn = _signals(has_batchnorm=False, shift_pixel=None, shift_later=None, shift_later_after_early_adabn=None)
+    assert decide(no_bn, large, candidate).line == 0.8
+    # the thresholds travel through JSON (the run folder's recommendation) both ways
+    for thr in (Thresholds(), candidate):
+        assert Thresholds.from_json(json.loads(json.dumps(thr.to_json()))) == thr
+
+
 def test_little_similar_gets_lp_ft_only_above_the_calibrated_error():
     little = {"per_class_median": 20}
     sig = _signals()  # probe 0.9: error 10 %
@@ -329,7 +357,7 @@ def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
 
     def augment(strategy, unfreeze, similarity):
         d = Decision(strategy=strategy, unfreeze=unfreeze, amount="large", similarity=similarity,
-                     score=0.6, input_level=strategy == "surgical", reasons=["(the cell)"])
+                     score=0.6, line=0.7, input_level=strategy == "surgical", reasons=["(the cell)"])
         hp = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
                                   budget_minutes=None).hyperparameters["augment"]
         return hp["value"], hp["reason"]

@@ -153,7 +153,8 @@ def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
     text = out.with_suffix(".md").read_text()
     assert "| digits | 20 |" in text and "| digits | 5 |" not in text
     # The signals table has a pick column for every frozen set, then current and LOTO.
-    picks = [f"{name} pick" for name in regret.FROZEN_DEFAULTS] + ["current pick", "LOTO pick"]
+    picks = [f"{name} pick" for name in regret.FROZEN_DEFAULTS] + ["early-shift line pick", "current pick",
+                                                                    "LOTO pick"]
     assert "| cell | " + " | ".join(picks) + " |" in text
 
 
@@ -206,12 +207,33 @@ SHIPPED = {
                   "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.5},
 }
 UNCHANGED_SINCE_THE_PILOT = {"probe_weight": 0.5, "shift_scale": 1.0, "similar_kappa_no_bn": 0.8, "plateau": 0.01,
-                             "pixel_shift": 0.3, "pixel_share": 0.4, "semantic_hot": 0.6, "full_share": 0.5}
+                             "pixel_shift": 0.3, "pixel_share": 0.4, "semantic_hot": 0.6, "full_share": 0.5,
+                             "similar_score_shifted": None}
 
 
 @pytest.mark.parametrize("name", list(SHIPPED))
 def test_frozen_default_sets_do_not_follow_the_current_defaults(name):
     assert regret.FROZEN_DEFAULTS[name].to_json() == {**UNCHANGED_SINCE_THE_PILOT, **SHIPPED[name]}
+
+
+def test_the_registered_candidate_is_scored_as_frozen(tmp_path):
+    """Session 12's early-shift line, on the committed signals of two 400-per-class
+    cells: on glyphs (shift 1.01 left after early AdaBN, score 0.61) it picks partial-2
+    where the current defaults pick lp-ft; on photos-rotation (0.19, score 0.68) both pick
+    lp-ft. Synthetic accuracies: partial-2 best on glyphs by 3 points, lp-ft on rotation."""
+    assert regret.EARLY_SHIFT.to_json() == {**UNCHANGED_SINCE_THE_PILOT, **SHIPPED["session-7"],
+                                            "similar_score_shifted": 0.5}
+    acc = {"glyphs": {"partial-2": 0.93, "lp-ft": 0.90}, "photos-rotation": {"partial-2": 0.80, "lp-ft": 0.85}}
+    rows = [_row(task, 400, arm, lr, 0.9, acc[task].get(arm, 0.7)) for task in acc for arm, lr in CORE_LRS.items()]
+    out = tmp_path / "regret"
+    regret.main(["--csv", str(_write_csv(tmp_path / "oracle.csv", rows)), "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    row = "recommender (early-shift line, session 12)"
+    assert saved["picks"][row] == {"glyphs-400": "partial-2", "photos-rotation-400": "lp-ft"}
+    assert saved["picks"][regret.CURRENT] == {"glyphs-400": "lp-ft", "photos-rotation-400": "lp-ft"}
+    assert saved["results"][row]["mean"] == pytest.approx(0.0)
+    assert saved["results"][regret.CURRENT]["mean"] == pytest.approx(1.5)
+    assert saved["differences"][regret.CURRENT][row]["mean"] == pytest.approx(1.5)
 
 
 def _images(split_dir: Path) -> dict[str, list[bytes]]:

@@ -22,6 +22,8 @@ Methods:
   similar_score 0.5, chosen on the 78 cells up to 200 per class, held out at 400, where
   it lost and was withdrawn); and with the current ones (finetune.recommend.Thresholds)
   (docs/recommend.md);
+* recommender with a registered candidate that never shipped (CANDIDATES: session 12's
+  early-shift line);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
   median penultimate probe accuracy (medians of the other tasks' cells, as above);
@@ -107,6 +109,12 @@ SESSION_9 = Thresholds(little_per_class=200.0, similar_score=0.5)
 # Each earlier set of defaults is scored as its own row, beside the current defaults.
 FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": SESSION_6,
                    "session-7": SESSION_7, "session-9": SESSION_9}
+# Candidates that never shipped, each frozen when it was registered. Session 12's: the
+# session-7 defaults, with the 0.5 line only where the later stages' shift stays at or
+# above semantic_hot after early AdaBN (results/registered-s12-early-shift.md, committed
+# before its one held-out cell, glyphs-400, ran).
+EARLY_SHIFT = Thresholds(little_per_class=200.0, similar_score=0.7, similar_score_shifted=0.5)
+CANDIDATES = {"early-shift line, session 12": EARLY_SHIFT}
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
@@ -376,6 +384,7 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         seeds = max(a["seeds"] for a in row.values())
         lines.append(f"| {cell[0]} | {cell[1]} | {seeds} | {accs} | {best} | {rec} |")
     pick_columns = [(f"{name} pick", f"recommender ({name} defaults)") for name in FROZEN_DEFAULTS]
+    pick_columns += [(f"{name.split(',')[0]} pick", f"recommender ({name})") for name in CANDIDATES]
     pick_columns += [("current pick", CURRENT), ("LOTO pick", "recommender (LOTO)")]
     lines += ["", "What the recommender measured (train + val images only) and what it picked:", "",
               "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN | cell | "
@@ -437,6 +446,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, thresholds in FROZEN_DEFAULTS.items():
         picks_by_method[f"recommender ({name} defaults)"] = {c: recommended_arm(signals[c], thresholds)
                                                              for c in cells}
+    for name, thresholds in CANDIDATES.items():
+        picks_by_method[f"recommender ({name})"] = {c: recommended_arm(signals[c], thresholds) for c in cells}
     picks_by_method[CURRENT] = {c: recommended_arm(signals[c], Thresholds()) for c in cells}
     for arm in ("linear", "full", "lp-ft"):
         picks_by_method[f"always {arm}"] = {c: arm for c in cells}
