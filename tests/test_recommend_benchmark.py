@@ -268,6 +268,27 @@ def test_sizes_above_the_pool_nest_and_leave_the_smaller_sizes_unchanged(tmp_pat
         tasks.task_sizes("grey-crops", (80,))
 
 
+def test_corrupted_sources_keep_their_classes_and_change_only_the_pixels():
+    """Session 12's tasks: the corruption of another source keeps its classes and image
+    count; pixelate leaves 8 x 8-pixel blocks (96 / 12) of one colour; dither leaves each
+    channel at 0 or 255, and the same source's clean crops are not already so."""
+    import numpy as np
+    import tasks
+
+    clean = tasks.TASKS["textures"](3, 0)
+    for name in ("textures-pixelate", "grey-crops-pixelate", "photos-dither"):
+        arrays = tasks.TASKS[name](3, 0)
+        assert len(arrays) == 8 and all(len(v) == 3 and v[0].shape == (96, 96, 3) for v in arrays.values())
+    pixelated = tasks.TASKS["textures-pixelate"](3, 0)
+    assert sorted(pixelated) == sorted(clean)
+    for images in pixelated.values():
+        blocks = images[0].reshape(12, 8, 12, 8, 3)
+        assert (blocks == blocks[:, :1, :, :1]).all()
+    for images in tasks.TASKS["photos-dither"](3, 0).values():
+        assert set(np.unique(images[0])) <= {0, 255}
+    assert any(len(np.unique(v[0])) > 2 for v in clean.values())
+
+
 def test_plan_lists_the_runs_not_done_cell_by_cell(monkeypatch, tmp_path):
     """`oracle.py --plan`: one TASK:SEED:ARM job per arm of each cell (the recommender's
     extra picks included), cells in task then seed order, finished runs left out."""

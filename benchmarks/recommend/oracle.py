@@ -136,17 +136,20 @@ def measure_signals(task_dir: Path, out: Path) -> None:
 
 def possible_picks(rec: dict) -> list[str]:
     """The arms ``decide`` picks for these signals under every thresholds of the grid
-    that regret.py calibrates over (in grid order)."""
+    that regret.py calibrates over (in grid order), then under its registered candidates."""
     from dataclasses import replace
     from itertools import product
 
-    from regret import GRID, arm_of
+    from regret import CANDIDATES, GRID, arm_of
 
     from finetune.recommend import Thresholds, decide
 
     picks: dict[str, None] = {}
     for values in product(*GRID.values()):
         d = decide(rec["similarity"], rec["stats"], replace(Thresholds(), **dict(zip(GRID, values, strict=True))))
+        picks[arm_of(d.strategy, d.unfreeze)] = None
+    for thr in CANDIDATES.values():
+        d = decide(rec["similarity"], rec["stats"], thr)
         picks[arm_of(d.strategy, d.unfreeze)] = None
     return list(picks)
 

@@ -3,7 +3,7 @@
     python benchmarks/recommend/tasks.py --root datasets/recommend-bench            # all
     python benchmarks/recommend/tasks.py --tasks digits photos-blur --sizes 5
 
-Seventeen tasks, chosen to cover both columns of the grid and both kinds of shift:
+Twenty tasks, chosen to cover both columns of the grid and both kinds of shift:
 
     photos        crops of scikit-image's photographs (finetune's builtin:photos): near ImageNet
     digits        scikit-learn's 8x8 handwritten digits, upscaled, grey (builtin:digits): far
@@ -26,6 +26,8 @@ Seventeen tasks, chosen to cover both columns of the grid and both kinds of shif
                   a CT phantom), most of them grey: mid
     photos-jpeg   the photos saved as JPEG at quality 5: blocks and colour bleeding
     glyphs-lower  the glyphs task's letters in lower case, a-j: far
+    textures-pixelate, grey-crops-pixelate  those crops at 12 x 12 pixels, in blocks
+    photos-dither the photos with each channel dithered to 1 bit (Floyd-Steinberg)
 
 Each task is written at each size as split folders that ``finetune run`` reads:
 
@@ -237,12 +239,13 @@ def _faces(per_class: int, seed: int) -> Arrays:
     return out
 
 
-def _corrupt(kind: str) -> Callable[[int, int], Arrays]:
+def _corrupt(kind: str, source: Callable[[int, int], Arrays] | None = None) -> Callable[[int, int], Arrays]:
+    """``source``'s images (default: the photos) with the corruption ``kind``."""
     def make(per_class: int, seed: int) -> Arrays:
-        photos = _builtin("photos", per_class, seed)
+        clean = source(per_class, seed) if source else _builtin("photos", per_class, seed)
         rng = np.random.default_rng([seed, 7])
         out: Arrays = {}
-        for name, images in photos.items():
+        for name, images in clean.items():
             out[name] = [_apply(kind, im, rng) for im in images]
         return out
     return make
@@ -261,6 +264,11 @@ def _apply(kind: str, image: np.ndarray, rng: np.random.Generator) -> np.ndarray
         buffer = io.BytesIO()
         Image.fromarray(image).save(buffer, format="JPEG", quality=5)
         return np.asarray(Image.open(buffer).convert("RGB"))
+    if kind == "dither":
+        # Each channel to 1 bit with Floyd-Steinberg error diffusion: eight colours, the
+        # content kept in the density of the dots.
+        channels = [c.convert("1").convert("L") for c in Image.fromarray(image).split()]
+        return np.asarray(Image.merge("RGB", channels))
     if kind == "colour":
         # B, R, G order and gamma 0.5: a cast no camera makes, on unchanged content.
         shifted = 255.0 * (image[..., [2, 0, 1]].astype(np.float64) / 255.0) ** 0.5
@@ -294,6 +302,12 @@ TASKS: dict[str, Callable[[int, int], Arrays]] = {
     # (0e1f313), before anything ran on them: the held-out test of those thresholds.
     "photos-jpeg": _corrupt("jpeg"),
     "glyphs-lower": _glyphs_lower,
+    # Added in session 12 before anything ran on them (signals included): held-out tasks
+    # for the early-shift line (results/registered-s12-early-shift.md), input-level
+    # corruptions of other content than the photos.
+    "textures-pixelate": _corrupt("pixelate", _textures),
+    "grey-crops-pixelate": _corrupt("pixelate", _grey_crops),
+    "photos-dither": _corrupt("dither"),
 }
 
 
