@@ -80,9 +80,10 @@ class Thresholds:
     # The line instead of `similar_score` where the later stages' shift stays at or above
     # `semantic_hot` after early AdaBN: there a middling score comes from stages that have
     # drifted from the checkpoint, not from features that fail to separate the classes.
-    # None = the same line everywhere, as shipped. A candidate registered in session 12
-    # (0.5) before its held-out cell ran (benchmarks/recommend/results/
-    # registered-s12-early-shift.md); not shipped, for the reasons in docs/recommend.md.
+    # None = the same line everywhere, as shipped. Session 12 registered 0.5 before its
+    # held-out cells ran (benchmarks/recommend/results/registered-s12-early-shift.md): it
+    # won one of the three where it differs from the defaults and lost two, -0.33 points
+    # on average (docs/recommend.md), so it is not shipped.
     similar_score_shifted: float | None = None
     similar_kappa_no_bn: float = 0.8  # no BatchNorm: kappa alone decides
     # Probe error at or below this: the frozen features already separate the classes,

@@ -112,7 +112,7 @@ FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": 
 # Candidates that never shipped, each frozen when it was registered. Session 12's: the
 # session-7 defaults, with the 0.5 line only where the later stages' shift stays at or
 # above semantic_hot after early AdaBN (results/registered-s12-early-shift.md, committed
-# before its one held-out cell, glyphs-400, ran).
+# before its held-out cells ran: glyphs-400, then textures-pixelate at 200 and 400).
 EARLY_SHIFT = Thresholds(little_per_class=200.0, similar_score=0.7, similar_score_shifted=0.5)
 CANDIDATES = {"early-shift line, session 12": EARLY_SHIFT}
 CURRENT = "recommender (current defaults)"
