@@ -283,7 +283,7 @@ def format_recommendation(rec: Recommendation) -> str:
     lines += ["", "Decision"]
     lines += [_wrap(r, "  - ") for r in rec.reasons]
     lines += ["", "Thresholds (finetune.recommend.Thresholds; their regret: docs/recommend.md)"]
-    items = [f"{k}={v:g}" for k, v in rec.thresholds.items()]
+    items = [f"{k}={'off' if v is None else format(v, 'g')}" for k, v in rec.thresholds.items()]
     lines.append(_wrap(", ".join(items), "  "))
     lines += ["", "Hyperparameters"]
     for name, row in hp.items():

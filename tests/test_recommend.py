@@ -387,7 +387,8 @@ def test_command_parses_with_the_cli(digits_rec, small_digits):
 def test_report_names_every_part(digits_rec):
     text = digits_rec.format()
     for part in ("Recommended strategy", "Evidence", "shift_by_stage", "probe_by_stage", "Thresholds",
-                 "little_per_class=200", "Hyperparameters", "Run it:", digits_rec.command):
+                 "little_per_class=200", "similar_score_shifted=off", "Hyperparameters", "Run it:",
+                 digits_rec.command):
         assert part in text, part
 
 
