@@ -276,15 +276,15 @@ def test_corrupted_sources_keep_their_classes_and_change_only_the_pixels():
     import tasks
 
     clean = tasks.TASKS["textures"](3, 0)
-    for name in ("textures-pixelate", "grey-crops-pixelate", "photos-dither"):
-        arrays = tasks.TASKS[name](3, 0)
+    built = {name: tasks.TASKS[name](3, 0) for name in ("textures-pixelate", "grey-crops-pixelate", "photos-dither")}
+    for arrays in built.values():
         assert len(arrays) == 8 and all(len(v) == 3 and v[0].shape == (96, 96, 3) for v in arrays.values())
-    pixelated = tasks.TASKS["textures-pixelate"](3, 0)
+    pixelated = built["textures-pixelate"]
     assert sorted(pixelated) == sorted(clean)
     for images in pixelated.values():
         blocks = images[0].reshape(12, 8, 12, 8, 3)
         assert (blocks == blocks[:, :1, :, :1]).all()
-    for images in tasks.TASKS["photos-dither"](3, 0).values():
+    for images in built["photos-dither"].values():
         assert set(np.unique(images[0])) <= {0, 255}
     assert any(len(np.unique(v[0])) > 2 for v in clean.values())
 

@@ -140,18 +140,13 @@ def possible_picks(rec: dict) -> list[str]:
     from dataclasses import replace
     from itertools import product
 
-    from regret import CANDIDATES, GRID, arm_of
+    from regret import CANDIDATES, GRID, recommended_arm
 
-    from finetune.recommend import Thresholds, decide
+    from finetune.recommend import Thresholds
 
-    picks: dict[str, None] = {}
-    for values in product(*GRID.values()):
-        d = decide(rec["similarity"], rec["stats"], replace(Thresholds(), **dict(zip(GRID, values, strict=True))))
-        picks[arm_of(d.strategy, d.unfreeze)] = None
-    for thr in CANDIDATES.values():
-        d = decide(rec["similarity"], rec["stats"], thr)
-        picks[arm_of(d.strategy, d.unfreeze)] = None
-    return list(picks)
+    grid = (replace(Thresholds(), **dict(zip(GRID, values, strict=True))) for values in product(*GRID.values()))
+    # dict.fromkeys keeps the first occurrence's order: grid order, then the candidates'.
+    return list(dict.fromkeys(recommended_arm(rec, thr) for thr in [*grid, *CANDIDATES.values()]))
 
 
 def cell_arms(args: argparse.Namespace, task: str, size: int, task_dir: Path) -> list[str]:
