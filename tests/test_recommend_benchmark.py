@@ -104,6 +104,20 @@ def test_paired_differences_resample_whole_tasks():
     assert regret.paired_differences(table, picks, "rec", cells, draws=2000, seed=1) == diffs
 
 
+def test_a_difference_that_cancels_reads_plus_zero():
+    """Two cells of one task, -1.25 and +1.25 points apart on 160 test images, cancel in
+    float arithmetic to about -6e-15: the report says +0.00 (it said -0.00), and real
+    differences keep their sign."""
+    cancelled = (100 * (141 / 160 - 143 / 160) + 100 * (142 / 160 - 140 / 160)) / 2
+    assert cancelled < 0 and f"{cancelled:+.2f}" == "-0.00"
+    assert regret.signed(cancelled) == "+0.00"
+    assert regret.signed(-0.0) == "+0.00"
+    assert regret.signed(-0.004) == "-0.00"  # a real, small loss
+    assert regret.signed(-0.006) == "-0.01"
+    assert regret.signed(1.25) == "+1.25"
+    assert regret.signed(-3.3) == "-3.30"
+
+
 def test_a_seed_counts_only_where_it_ran_every_core_arm():
     """Seed 1 was cut short before `full` ran: comparing linear over two seeds with full
     over one would compare different runs, so seed 1 is left out of the cell; an extra

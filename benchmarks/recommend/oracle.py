@@ -146,7 +146,8 @@ def possible_picks(rec: dict) -> list[str]:
 
     grid = (replace(Thresholds(), **dict(zip(GRID, values, strict=True))) for values in product(*GRID.values()))
     # dict.fromkeys keeps the first occurrence's order: grid order, then the candidates'.
-    return list(dict.fromkeys(recommended_arm(rec, thr) for thr in [*grid, *CANDIDATES.values()]))
+    candidates = (thresholds for _, thresholds in CANDIDATES.values())
+    return list(dict.fromkeys(recommended_arm(rec, thr) for thr in [*grid, *candidates]))
 
 
 def cell_arms(args: argparse.Namespace, task: str, size: int, task_dir: Path) -> list[str]:

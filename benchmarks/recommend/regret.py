@@ -114,7 +114,10 @@ FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": 
 # above semantic_hot after early AdaBN (results/registered-s12-early-shift.md, committed
 # before its held-out cells ran: glyphs-400, then textures-pixelate at 200 and 400).
 EARLY_SHIFT = Thresholds(little_per_class=200.0, similar_score=0.7, similar_score_shifted=0.5)
-CANDIDATES = {"early-shift line, session 12": EARLY_SHIFT}
+CANDIDATES = {"recommender (early-shift line, session 12)": ("early-shift line pick", EARLY_SHIFT)}
+# Every frozen rule set, each scored as its own row: row -> (its pick column's title, thresholds).
+FROZEN_ROWS = {**{f"recommender ({name} defaults)": (f"{name} pick", thresholds)
+                  for name, thresholds in FROZEN_DEFAULTS.items()}, **CANDIDATES}
 CURRENT = "recommender (current defaults)"
 
 Cell = tuple[str, int]  # (task, size)
@@ -356,6 +359,12 @@ def incomplete_cells(incomplete: dict[Cell, dict], signals: dict) -> dict[Cell, 
     return out
 
 
+def signed(points: float) -> str:
+    """Points with their sign, to two places. A difference that cancels to within float
+    rounding (-6e-15) reads +0.00; a real one under half a hundredth keeps its sign."""
+    return f"{0.0 if abs(points) < 1e-9 else points:+.2f}"
+
+
 def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell], chosen: dict,
              signals: dict, differences: dict[str, dict[str, dict]]) -> str:
     lines = ["| method | cells | mean regret | median | worst | hit rate | mean CPU s |",
@@ -371,7 +380,7 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         lines += ["", f"Mean regret of the {reference} minus each method's, on the same cells "
                   "(negative: the recommender is better), with a 95% bootstrap interval over tasks:", "",
                   "| method | difference | 95% interval |", "|---|---:|---|"]
-        lines += [f"| {name} | {d['mean']:+.2f} | {d['low']:+.2f} to {d['high']:+.2f} |"
+        lines += [f"| {name} | {signed(d['mean'])} | {signed(d['low'])} to {signed(d['high'])} |"
                   for name, d in diffs.items()]
     arms = sorted({a for c in cells for a in table[c]})
     lines += ["", "| task | size | seeds | " + " | ".join(arms) + " | best | recommended (LOTO) |",
@@ -383,8 +392,7 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
         accs = " | ".join(f"{100 * row[a]['acc']:.1f}" if a in row else "-" for a in arms)
         seeds = max(a["seeds"] for a in row.values())
         lines.append(f"| {cell[0]} | {cell[1]} | {seeds} | {accs} | {best} | {rec} |")
-    pick_columns = [(f"{name} pick", f"recommender ({name} defaults)") for name in FROZEN_DEFAULTS]
-    pick_columns += [(f"{name.split(',')[0]} pick", f"recommender ({name})") for name in CANDIDATES]
+    pick_columns = [(title, row) for row, (title, _) in FROZEN_ROWS.items()]
     pick_columns += [("current pick", CURRENT), ("LOTO pick", "recommender (LOTO)")]
     lines += ["", "What the recommender measured (train + val images only) and what it picked:", "",
               "| task | size | probe acc. | kappa | similarity score | shift left after early AdaBN | cell | "
@@ -443,11 +451,8 @@ def main(argv: list[str] | None = None) -> None:
     picks_by_method["recommender (LOTO)"], chosen = leave_one_task_out(table, signals, cells, base=anchor)
     picks_by_method["recommender (LOTO, pre-registered grid)"], _ = leave_one_task_out(
         table, signals, cells, PREREGISTERED, PRE_SWEEP)
-    for name, thresholds in FROZEN_DEFAULTS.items():
-        picks_by_method[f"recommender ({name} defaults)"] = {c: recommended_arm(signals[c], thresholds)
-                                                             for c in cells}
-    for name, thresholds in CANDIDATES.items():
-        picks_by_method[f"recommender ({name})"] = {c: recommended_arm(signals[c], thresholds) for c in cells}
+    for row, (_, thresholds) in FROZEN_ROWS.items():
+        picks_by_method[row] = {c: recommended_arm(signals[c], thresholds) for c in cells}
     picks_by_method[CURRENT] = {c: recommended_arm(signals[c], Thresholds()) for c in cells}
     for arm in ("linear", "full", "lp-ft"):
         picks_by_method[f"always {arm}"] = {c: arm for c in cells}
