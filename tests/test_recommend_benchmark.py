@@ -285,7 +285,7 @@ def test_sizes_above_the_pool_nest_and_leave_the_smaller_sizes_unchanged(tmp_pat
 def test_corrupted_sources_keep_their_classes_and_change_only_the_pixels():
     """Session 12's tasks: the corruption of another source keeps its classes and image
     count; pixelate leaves 8 x 8-pixel blocks (96 / 12) of one colour; dither leaves each
-    channel at 0 or 255, and the same source's clean crops are not already so."""
+    channel at 0 or 255, and the clean photos it starts from are not already so."""
     import numpy as np
     import tasks
 
@@ -298,9 +298,11 @@ def test_corrupted_sources_keep_their_classes_and_change_only_the_pixels():
     for images in pixelated.values():
         blocks = images[0].reshape(12, 8, 12, 8, 3)
         assert (blocks == blocks[:, :1, :, :1]).all()
+    photos = tasks.TASKS["photos"](3, 0)
+    assert sorted(built["photos-dither"]) == sorted(photos)
     for images in built["photos-dither"].values():
         assert set(np.unique(images[0])) <= {0, 255}
-    assert any(len(np.unique(v[0])) > 2 for v in clean.values())
+    assert all(len(np.unique(v[0])) > 2 for v in photos.values())
 
 
 def test_plan_lists_the_runs_not_done_cell_by_cell(monkeypatch, tmp_path):
