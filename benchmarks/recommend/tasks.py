@@ -129,6 +129,10 @@ def _builtin(name: str, per_class: int, seed: int) -> Arrays:
         return _read_folder(build_dataset(name, root=tmp, per_class=per_class, seed=seed, size=IMAGE_PX))
 
 
+def _photos(per_class: int, seed: int) -> Arrays:
+    return _builtin("photos", per_class, seed)
+
+
 def _crop(image: Image.Image, rng: np.random.Generator, scale: tuple[float, float] = (0.25, 0.6)) -> np.ndarray:
     """A square crop of ``scale`` (25-60 %) of the shorter side at a random place, resized
     to IMAGE_PX."""
@@ -239,10 +243,10 @@ def _faces(per_class: int, seed: int) -> Arrays:
     return out
 
 
-def _corrupt(kind: str, source: Callable[[int, int], Arrays] | None = None) -> Callable[[int, int], Arrays]:
-    """``source``'s images (default: the photos) with the corruption ``kind``."""
+def _corrupt(kind: str, source: Callable[[int, int], Arrays] = _photos) -> Callable[[int, int], Arrays]:
+    """``source``'s images with the corruption ``kind``."""
     def make(per_class: int, seed: int) -> Arrays:
-        clean = source(per_class, seed) if source else _builtin("photos", per_class, seed)
+        clean = source(per_class, seed)
         rng = np.random.default_rng([seed, 7])
         out: Arrays = {}
         for name, images in clean.items():
@@ -277,7 +281,7 @@ def _apply(kind: str, image: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 TASKS: dict[str, Callable[[int, int], Arrays]] = {
-    "photos": lambda n, seed: _builtin("photos", n, seed),
+    "photos": _photos,
     "digits": lambda n, seed: _builtin("digits", n, seed),
     "glyphs": lambda n, seed: _builtin("glyphs", n, seed),
     "textures": _textures,
