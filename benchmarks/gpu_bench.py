@@ -257,7 +257,7 @@ def main() -> None:
     # 3. `finetune run --strategy full` itself (Lightning, bf16-mixed, channels_last), then
     #    with --image-cache (the cache built above is reused), then also with --compile.
     from finetune.config import RunConfig
-    from finetune.train import run
+    from finetune.training import run
 
     cfg = RunConfig(data=str(data), output=str(args.data_root / "run-full"), backbone="resnet50",
                     weights="none", strategy="full", epochs=args.run_epochs, batch_size=bs,

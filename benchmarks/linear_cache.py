@@ -17,7 +17,7 @@ its packaged ImageNet weights, the built-in photos):
 * accuracy on a harder task (the built-in digits, 1,797 images at 64 px, far from
   ImageNet), where the photos' 100% leaves no room for a difference to show.
 
-Times are wall-clock seconds of the whole ``finetune.train.run`` (data, model, training,
+Times are wall-clock seconds of the whole ``finetune.training.run`` (data, model, training,
 evaluation, report). Prints Markdown tables and writes benchmarks/results/linear_cache.json.
 """
 
@@ -38,9 +38,9 @@ from _common import load_now, machine, table, write_results  # noqa: E402
 
 from finetune.config import RunConfig  # noqa: E402
 from finetune.data.builtin import build_dataset  # noqa: E402
-from finetune.feature_cache import FeatureDataset  # noqa: E402
-from finetune.head_fit import DEFAULT_CS, fit_logistic_head  # noqa: E402
-from finetune.train import run  # noqa: E402
+from finetune.training import run  # noqa: E402
+from finetune.training.feature_cache import FeatureDataset  # noqa: E402
+from finetune.training.head_fit import DEFAULT_CS, fit_logistic_head  # noqa: E402
 
 
 def timed_run(name: str, cfg: RunConfig, *, link_checkpoints: bool = True) -> dict:
@@ -51,7 +51,7 @@ def timed_run(name: str, cfg: RunConfig, *, link_checkpoints: bool = True) -> di
     if link_checkpoints:
         m = run(cfg, progress=False).metrics
     else:
-        with mock.patch("finetune.checkpointing._link_atomically", return_value=False):
+        with mock.patch("finetune.training.checkpointing._link_atomically", return_value=False):
             m = run(cfg, progress=False).metrics
     wall = time.perf_counter() - start
     row = {
@@ -71,14 +71,15 @@ def timed_run(name: str, cfg: RunConfig, *, link_checkpoints: bool = True) -> di
 def cached_splits(cfg: RunConfig) -> dict[str, FeatureDataset]:
     """The run's three feature splits, read back from the cache exactly as ``run`` does."""
     from finetune.data import FinetuneDataModule, discover
-    from finetune.train import _feature_loaders, build_model
+    from finetune.run_folder import build_model
+    from finetune.training.feature_cache import feature_splits
 
     splits = discover(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
                       seed=cfg.seed)
     model = build_model(cfg, len(splits.classes))
     dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=cfg.image_size,
                             augment="none", batch_size=cfg.batch_size)
-    cached, _, hits = _feature_loaders(model, dm, cfg, torch.device("cpu"), False)
+    cached, _, hits = feature_splits(model, dm, cfg, torch.device("cpu"), False)
     assert all(hits.values()), hits
     return cached
 

@@ -52,7 +52,7 @@ def child(data: str, cache: str, out: str, size: int, epochs: int, threads: int 
     if threads:
         torch.set_num_threads(threads)
     from finetune.config import RunConfig
-    from finetune.train import run
+    from finetune.training import run
 
     sampler = RssSampler()
     sampler.start()

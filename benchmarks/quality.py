@@ -32,8 +32,9 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from finetune.config import RunConfig  # noqa: E402
 from finetune.data import FinetuneDataModule, load_splits  # noqa: E402
 from finetune.data.builtin import build_dataset  # noqa: E402
-from finetune.features import extract_features  # noqa: E402
-from finetune.train import build_model, run  # noqa: E402
+from finetune.run_folder import build_model  # noqa: E402
+from finetune.training import run  # noqa: E402
+from finetune.training.features import extract_features  # noqa: E402
 
 
 def sklearn_probe(run_dir: Path, cfg: RunConfig) -> dict:

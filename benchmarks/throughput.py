@@ -4,7 +4,7 @@ PyTorch loop over the same backbone, data, batch size, augmentations and optimiz
     python benchmarks/throughput.py --threads 1     # 192 photos at 128 px, 2 epochs, twice
     python benchmarks/throughput.py --quick         # 64 photos, 2 epochs, once
 
-Lightning path: ``FinetuneModule`` + the run's own ``Trainer`` (``finetune.train._trainer``:
+Lightning path: ``FinetuneModule`` + the run's own ``Trainer`` (``finetune.training.trainer.build_trainer``:
 checkpointing, the BN-policy hooks, the LR schedule). Plain loop: the same model weights,
 the same phase's frozen stages and parameter groups, AdamW and the same warm-up + cosine
 schedule, ``for x, y in loader: loss.backward(); opt.step()``. Both read the
@@ -43,9 +43,10 @@ from _common import load_now, machine, table, write_results  # noqa: E402
 from finetune.config import RunConfig  # noqa: E402
 from finetune.data import FinetuneDataModule, discover, load_image  # noqa: E402
 from finetune.data.builtin import build_dataset  # noqa: E402
-from finetune.module import FinetuneModule  # noqa: E402
+from finetune.run_folder import build_model  # noqa: E402
 from finetune.strategies import plan  # noqa: E402
-from finetune.train import _trainer, build_model, quiet_lightning  # noqa: E402
+from finetune.training.module import FinetuneModule  # noqa: E402
+from finetune.training.trainer import build_trainer, quiet_lightning  # noqa: E402
 
 
 class Window:
@@ -98,7 +99,7 @@ def lightning_run(model, phase, cfg, dm, classes, skip, work: Path) -> dict:
     module = FinetuneModule(model, phase, cfg, classes=classes)
     window = Window(skip)
     with quiet_lightning():
-        trainer, _ = _trainer(cfg, phase, work / "ckpt", has_val=False, progress=False)
+        trainer, _ = build_trainer(cfg, phase, work / "ckpt", has_val=False, progress=False)
         trainer.callbacks.append(StepTimer(window))
         start = time.perf_counter()
         trainer.fit(module, dm.train_dataloader())
@@ -201,12 +202,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     data = build_dataset("photos", root=work / "datasets", per_class=args.per_class, size=args.size)
     splits = discover(data, val_fraction=0.0, test_fraction=0.0, seed=0)
-    from finetune.train import _num_workers
+    from finetune.training.trainer import num_workers
 
     base = RunConfig(data=str(data), backbone="efficientnet_lite0", image_size=args.size,
                      batch_size=args.batch_size, epochs=args.epochs, accelerator="cpu",
                      num_workers=args.workers)
-    workers = _num_workers(base)
+    workers = num_workers(base)
     pretrained = build_model(base, len(splits.classes))
     print(f"{len(splits.train)} photos at {args.size} px, batch {args.batch_size}, {args.epochs} "
           f"epochs, {workers} loader workers, {torch.get_num_threads()} torch threads", flush=True)

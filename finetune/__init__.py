@@ -12,8 +12,8 @@ __all__ = ["__version__", "create_backbone", "list_models", "load"]
 
 def load(path, *, device="cpu"):
     """A predictor for a run folder or an export folder: ``.predict(images, top_k=5)``
-    takes paths, PIL images or (H, W, 3) uint8 RGB arrays (see finetune/predict.py)."""
+    takes paths, PIL images or (H, W, 3) uint8 RGB arrays (see finetune/deploy/predict.py)."""
     # Imported here: onnxruntime, albumentations and Lightning stay out of `import finetune`.
-    from .predict import load as _load
+    from .deploy.predict import load as _load
 
     return _load(path, device=device)

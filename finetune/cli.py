@@ -147,7 +147,7 @@ def main() -> None:
 def run(recipe, resume, overwrite, quiet, **flags) -> None:
     """Fine-tune a pretrained backbone and evaluate it; writes a run folder."""
     from .config import resolve_config
-    from .train import run as run_training
+    from .training import run as run_training
 
     _setup_logging(verbose=not quiet)
     for key in ("output", "feature_cache_dir", "image_cache_dir"):
@@ -180,7 +180,7 @@ def run(recipe, resume, overwrite, quiet, **flags) -> None:
 def evaluate(run_dir: Path, data: str | None, as_json: bool) -> None:
     """Re-evaluate a run's best model on its test split (or on --data)."""
     from .io import atomic_write_json
-    from .train import evaluate_run
+    from .training import evaluate_run
 
     _setup_logging(verbose=False)
     metrics = evaluate_run(run_dir, data, progress=not as_json)
@@ -259,7 +259,7 @@ def data_check(path: Path, splits_file: Path | None, min_size: int, as_json: boo
 
     Exit code 0 when `finetune run` can train on it, 1 (with the reason) when it cannot.
     """
-    from .datacheck import check_data
+    from .data.check import check_data
 
     report = check_data(path, splits=splits_file, min_size=min_size)
     click.echo(json.dumps(report.to_json(), indent=2) if as_json else report.format())
@@ -269,7 +269,7 @@ def data_check(path: Path, splits_file: Path | None, min_size: int, as_json: boo
 
 
 # Literal here so that `finetune --help` does not import torch; test_export checks it
-# against finetune.export.FORMATS.
+# against finetune.deploy.export.FORMATS.
 EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
 
 
@@ -292,7 +292,7 @@ def export(run_dir: Path, fmt: str, output: Path | None, opset: int | None, half
            overwrite: bool) -> None:
     """Export a run's model with its labels and preprocessing, after checking that it
     predicts what the PyTorch model predicts on the run's test images."""
-    from .export import export_run
+    from .deploy.export import export_run
 
     _setup_logging(verbose=False)
     result = export_run(run_dir, format=fmt, output=output, opset=opset, half=half,
@@ -319,7 +319,7 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, ba
     Images are prepared exactly as evaluation prepares them (EXIF orientation included).
     Files that cannot be decoded are reported on stderr and skipped.
     """
-    from .predict import collect_images, load, predict_files
+    from .deploy.predict import collect_images, load, predict_files
 
     _setup_logging(verbose=False)
     predictor = load(model)

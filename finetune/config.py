@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .io import atomic_write_text
+
 # "auto" asks the recommender (finetune/recommend.py) and runs what it says.
 STRATEGIES = ("linear", "partial", "full", "lp-ft", "surgical", "auto")
 AUGMENT_CHOICES = ("auto", "none", "light", "medium", "strong")
@@ -168,6 +170,4 @@ def resolve_config(recipe: str | Path | None = None, **flags: Any) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    from .io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

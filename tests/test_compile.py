@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from finetune.config import RunConfig
-from finetune.train import quiet_lightning, run
+from finetune.training import run
+from finetune.training.trainer import quiet_lightning
 
 
 def _cfg(data, out, **kw) -> RunConfig:

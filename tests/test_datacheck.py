@@ -16,7 +16,7 @@ from PIL import Image
 
 from finetune.cli import main
 from finetune.data import DataSplits, save_splits
-from finetune.datacheck import check_data
+from finetune.data.check import check_data
 
 
 def _pictures(folder: Path, n: int, seed: int) -> list[Path]:

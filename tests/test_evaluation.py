@@ -22,12 +22,12 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from finetune.evaluation import (
+from finetune.evaluation.metrics import (
     classification_metrics,
     expected_calibration_error,
     most_confused_pairs,
 )
-from finetune.report import learning_curves_figure, phase_changes, write_report
+from finetune.evaluation.report import learning_curves_figure, phase_changes, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -479,7 +479,7 @@ def test_report_does_not_touch_pyplot(tmp_path, metrics3):
     code = (
         "import json, sys, matplotlib\n"
         "from pathlib import Path\n"
-        "from finetune.report import write_report\n"
+        "from finetune.evaluation.report import write_report\n"
         "backend = matplotlib.rcParams._get_backend_or_none()\n"
         f"run = Path({str(tmp_path)!r})\n"
         "write_report(run, json.loads((run / 'metrics.json').read_text()), [], ['a', 'b', 'c'])\n"

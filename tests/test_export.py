@@ -26,7 +26,7 @@ from finetune import export as export_mod
 from finetune.cli import EXPORT_FORMATS, main
 from finetune.config import RunConfig
 from finetune.data import FinetuneDataModule, load_splits
-from finetune.export import (
+from finetune.deploy.export import (
     FORMATS,
     HALF_TOLERANCE,
     LOGIT_TOLERANCE,
@@ -35,10 +35,11 @@ from finetune.export import (
     export_model,
     export_run,
 )
-from finetune.features import predict_probs
+from finetune.deploy.predict import load_backbone
 from finetune.models import UnsafeCheckpointError, create_backbone
-from finetune.predict import load_backbone
-from finetune.train import load_run_model, run
+from finetune.run_folder import load_run_model
+from finetune.training import run
+from finetune.training.features import predict_probs
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "export.md"
@@ -421,7 +422,7 @@ def test_independent_onnxruntime_script_reproduces_predict(exports, reference, e
 
 
 def test_import_finetune_stays_light():
-    code = ("import sys, finetune; heavy = {'onnxruntime', 'onnx', 'pytorch_lightning', 'finetune.predict'}; "
+    code = ("import sys, finetune; heavy = {'onnxruntime', 'onnx', 'pytorch_lightning', 'finetune.deploy.predict'}; "
             "print(sorted(heavy & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

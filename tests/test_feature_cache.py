@@ -16,15 +16,15 @@ from torch.utils.data import DataLoader
 from finetune.data import discover, preprocess_spec
 from finetune.data.datamodule import ImageDataset
 from finetune.data.transforms import build_transform
-from finetune.feature_cache import (
+from finetune.models import create_backbone
+from finetune.training.feature_cache import (
     FeatureDataset,
     backbone_fingerprint,
     cached_features,
     default_cache_dir,
     read_entry,
 )
-from finetune.features import extract_features
-from finetune.models import create_backbone
+from finetune.training.features import extract_features
 
 DEVICE = torch.device("cpu")
 SIZE = 32

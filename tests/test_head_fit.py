@@ -12,10 +12,11 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from finetune.config import RunConfig
-from finetune.feature_cache import FeatureDataset
-from finetune.head_fit import DEFAULT_CS, FALLBACK_C, HeadFit, fit_logistic_head
 from finetune.models.efficientnet import EfficientNet
-from finetune.train import evaluate_run, load_run_model, run
+from finetune.run_folder import load_run_model
+from finetune.training import evaluate_run, run
+from finetune.training.feature_cache import FeatureDataset
+from finetune.training.head_fit import DEFAULT_CS, FALLBACK_C, HeadFit, fit_logistic_head
 
 
 def _blobs(n: int, d: int = 20, classes: int = 4, seed: int = 0, spread: float = 1.5):

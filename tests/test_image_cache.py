@@ -18,7 +18,8 @@ from finetune.data import image_cache as ic
 from finetune.data.datamodule import FinetuneDataModule
 from finetune.data.images import load_image
 from finetune.models import create_backbone
-from finetune.train import quiet_lightning, run
+from finetune.training import run
+from finetune.training.trainer import quiet_lightning
 
 
 @pytest.fixture(scope="module")

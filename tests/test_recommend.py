@@ -26,8 +26,8 @@ from finetune.recommend import (
     decide,
     recommend,
 )
-from finetune.recommend_plan import plan_hyperparameters
-from finetune.recommend_signals import (
+from finetune.recommend.plan import plan_hyperparameters
+from finetune.recommend.signals import (
     _Moments,
     bn_layers,
     early_adabn,
@@ -38,7 +38,7 @@ from finetune.recommend_signals import (
     symmetric_kl,
 )
 from finetune.strategies import plan
-from finetune.train import run
+from finetune.training import run
 
 SIZE = 64  # small inputs keep each recommendation to a few seconds on two cores
 MAX_IMAGES = 80

@@ -24,15 +24,15 @@ from _hostile import BROKEN, ODD_VALID, write_bomb, write_broken, write_odd_vali
 from click.testing import CliRunner
 from PIL import ImageFile
 
-import finetune.train as train_mod
-from finetune.checkpointing import AtomicCheckpointIO, load_checkpoint
+import finetune.training.run as train_mod
 from finetune.cli import main
 from finetune.config import RunConfig
 from finetune.data import DataError
 from finetune.models import UnsafeCheckpointError, create_backbone
-from finetune.module import FinetuneModule
 from finetune.strategies import plan
-from finetune.train import evaluate_run, run
+from finetune.training import evaluate_run, run
+from finetune.training.checkpointing import AtomicCheckpointIO, load_checkpoint
+from finetune.training.module import FinetuneModule
 
 CLASSES = ("brick", "cat", "coffee", "rocket")
 
@@ -295,8 +295,8 @@ def test_resume_inside_lp_ft_second_phase_skips_the_probe(two_dir, tmp_path, mon
     probe = out / "checkpoints" / "linear" / "last.ckpt"
     before = (_sha(probe), probe.stat().st_mtime_ns)
     extracted, histories = [], []
-    real_features, real_report = train_mod._feature_loaders, train_mod.write_report
-    monkeypatch.setattr(train_mod, "_feature_loaders",
+    real_features, real_report = train_mod.feature_splits, train_mod.write_report
+    monkeypatch.setattr(train_mod, "feature_splits",
                         lambda *a, **k: extracted.append(1) or real_features(*a, **k))
     monkeypatch.setattr(train_mod, "write_report",
                         lambda d, m, history, *a, **k: histories.append(history) or real_report(d, m, history, *a, **k))

@@ -10,7 +10,8 @@ import torch
 import yaml
 
 from finetune.config import RunConfig, resolve_config
-from finetune.train import RunError, evaluate_run, run
+from finetune.run_folder import RunError
+from finetune.training import evaluate_run, run
 
 
 def _cfg(data, out, **kw) -> RunConfig:
@@ -118,7 +119,7 @@ def test_partial_and_lp_ft_run_end_to_end(tmp_path, photos_dir):
 
 
 def test_class_weights_turn_on_for_high_imbalance():
-    from finetune.train import class_weights_for
+    from finetune.training.run import class_weights_for
 
     assert class_weights_for(RunConfig(), [30, 20, 12]) is None  # 2.5:1 -> plain loss
     weights = class_weights_for(RunConfig(), [40, 10, 10])  # 4:1 -> balanced weights
@@ -129,7 +130,7 @@ def test_class_weights_turn_on_for_high_imbalance():
 
 
 def test_eval_batches_double_only_on_a_gpu():
-    from finetune.train import eval_batch_size_for
+    from finetune.training.trainer import eval_batch_size_for
 
     assert eval_batch_size_for(32, torch.device("cuda", 0)) == 64
     assert eval_batch_size_for(32, torch.device("cpu")) == 32

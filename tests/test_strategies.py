@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from finetune.config import RunConfig
 from finetune.models import create_backbone
-from finetune.module import FinetuneModule, count_trainable
 from finetune.strategies import plan
+from finetune.training.module import FinetuneModule, count_trainable
 
 
 def _bn_state(modules) -> dict[str, torch.Tensor]:

@@ -40,10 +40,11 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tasks import IMAGE_PX, SIZES, TASKS, build_task, task_sizes  # noqa: E402
 
-from finetune.checkpointing import saved_history  # noqa: E402
 from finetune.config import RunConfig  # noqa: E402
 from finetune.data import DataSplits, discover  # noqa: E402
-from finetune.train import quiet_lightning, run  # noqa: E402
+from finetune.training import run
+from finetune.training.checkpointing import saved_history  # noqa: E402
+from finetune.training.trainer import quiet_lightning  # noqa: E402
 
 BACKBONE = "efficientnet_lite0"
 # Arm -> RunConfig values. partial K counts the last stages, surgical K the first ones.

@@ -14,10 +14,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .images import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS, ImageDecodeError, is_image_file, load_image
-from .sources import DataError, DataSplits, discover, load_splits, save_splits
+from .sources import (
+    BUILTIN_PREFIX,
+    DataError,
+    DataSplits,
+    discover,
+    files_fingerprint,
+    load_splits,
+    save_splits,
+)
 
 if TYPE_CHECKING:
-    from .builtin import BUILTIN_DATASETS, build_dataset
+    from .builtin import BUILTIN_DATASETS, build_dataset, resolve_data
     from .datamodule import FinetuneDataModule, ImageDataset
     from .transforms import AUGMENT_LEVELS, build_transform, jpeg_draft_size, preprocess_spec
 
@@ -25,6 +33,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "BUILTIN_DATASETS": "builtin",
     "build_dataset": "builtin",
+    "resolve_data": "builtin",
     "FinetuneDataModule": "datamodule",
     "ImageDataset": "datamodule",
     "AUGMENT_LEVELS": "transforms",
@@ -43,6 +52,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AUGMENT_LEVELS",
     "BUILTIN_DATASETS",
+    "BUILTIN_PREFIX",
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "DataError",
@@ -53,10 +63,12 @@ __all__ = [
     "build_dataset",
     "build_transform",
     "discover",
+    "files_fingerprint",
     "is_image_file",
     "jpeg_draft_size",
     "load_image",
     "load_splits",
     "preprocess_spec",
+    "resolve_data",
     "save_splits",
 ]

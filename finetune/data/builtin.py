@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .images import load_image
+from .sources import BUILTIN_PREFIX, DataError
 
 logger = logging.getLogger("finetune")
 
@@ -227,6 +228,17 @@ _GENERATORS: dict[str, _Maker] = {"photos": _photos, "digits": _digits, "glyphs"
 
 
 # --------------------------------------------------------------------------- building
+def resolve_data(data: str, root: str | Path = "datasets") -> Path:
+    """What ``--data`` names: a path, or ``builtin:<name>`` built offline into ``root``."""
+    if data.startswith(BUILTIN_PREFIX):
+        name = data[len(BUILTIN_PREFIX):]
+        if name not in BUILTIN_DATASETS:
+            raise DataError(
+                f"Unknown built-in dataset '{name}'. Choose one of: {', '.join(BUILTIN_DATASETS)}."
+            )
+        return build_dataset(name, root=root)
+    return Path(data).expanduser()
+
 
 
 def build_dataset(

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp
 from .images import load_image
-from .sources import DataError
+from .sources import DataError, files_fingerprint
 
 log = logging.getLogger("finetune")
 
@@ -155,8 +155,6 @@ def read_entry(entry: Path, key: str) -> ImageStore | None:
 # ------------------------------------------------------------------------- writing
 def cache_key(samples: Sequence[tuple[str, int]], *, side: int, draft_size: int | None) -> str:
     """A hash of everything the cached pixels depend on."""
-    from ..feature_cache import files_fingerprint
-
     blob = json.dumps({"version": CACHE_VERSION, "files": files_fingerprint(samples),
                        "side": side, "draft_size": draft_size}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

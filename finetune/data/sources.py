@@ -18,6 +18,7 @@ DataLoader, which is how a run never crashes mid-epoch on a bad file.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from .images import IMAGE_EXTENSIONS, ImageDecodeError, load_image
 logger = logging.getLogger("finetune")
 
 SPLITS = ("train", "val", "test")
+# `--data builtin:<name>`: a dataset built offline (data/builtin.py).
+BUILTIN_PREFIX = "builtin:"
 # Folder / CSV names accepted for each split; the first is the canonical one.
 SPLIT_ALIASES = {
     "train": ("train", "training"),
@@ -121,6 +124,16 @@ class DataSplits:
             seed=int(obj.get("seed", 0)),
             **lists,
         )
+
+
+def files_fingerprint(samples: Sequence[tuple[str, int]]) -> str:
+    """SHA-256 over (resolved path, size, mtime_ns, label) of every sample, in order."""
+    digest = hashlib.sha256()
+    for path, label in samples:
+        p = Path(path).resolve()
+        st = p.stat()
+        digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{int(label)}\n".encode())
+    return digest.hexdigest()
 
 
 def save_splits(splits: DataSplits, path: Path) -> None:

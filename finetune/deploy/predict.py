@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import ImageDecodeError, is_image_file, load_image
-from .data.images import _apply_exif_orientation, _to_rgb
-from .data.transforms import build_transform, resolve_sizes
-from .models import (
+from ..data import ImageDecodeError, is_image_file, load_image
+from ..data.images import _apply_exif_orientation, _to_rgb
+from ..data.transforms import build_transform, resolve_sizes
+from ..models import (
     Backbone,
     PretrainedCfg,
     UnsafeCheckpointError,
@@ -41,6 +41,7 @@ from .models import (
     load_state_dict_file,
     load_weights,
 )
+from ..run_folder import load_run_model
 
 MODEL_JSON = "model.json"
 MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "safetensors": "model.safetensors"}
@@ -205,8 +206,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
     """The run's best checkpoint (read with ``weights_only=True``) and its eval pipeline."""
-    from .data.transforms import preprocess_spec
-    from .train import load_run_model
+    from ..data.transforms import preprocess_spec
 
     run_dir = Path(run_dir)
     model, cfg, splits = load_run_model(run_dir)

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import RunConfig
-from .data.transforms import prepare_batch
-from .models import Backbone
-from .strategies import Phase
+from ..config import RunConfig
+from ..data.transforms import prepare_batch
+from ..models import Backbone
+from ..strategies import Phase
 
 log = logging.getLogger("finetune")
 

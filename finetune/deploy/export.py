@@ -25,6 +25,7 @@ removes it.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import logging
 import os
@@ -39,10 +40,11 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .data import load_image
-from .data.transforms import build_transform, jpeg_draft_size, preprocess_spec
-from .io import atomic_write_json
-from .models import TIMM_PREFIX, Backbone
+from ..data import load_image
+from ..data.transforms import build_transform, jpeg_draft_size, preprocess_spec
+from ..io import atomic_write_json
+from ..models import TIMM_PREFIX, Backbone
+from ..run_folder import load_run_model
 from .predict import MODEL_FILES, MODEL_JSON, load_export
 
 log = logging.getLogger("finetune")
@@ -143,7 +145,6 @@ def export_run(
     overwrite: bool = False,
 ) -> ExportResult:
     """Export a run's best model to ``output`` (default ``RUN_DIR/model/<format>``)."""
-    from .train import load_run_model
 
     run_dir = Path(run_dir)
     _check_format(format, opset)
@@ -269,8 +270,6 @@ def build_metadata(model: Backbone, *, labels: Sequence[str], image_size: int, f
     import albumentations
     import cv2
 
-    from . import __version__
-
     spec = preprocess_spec(model.pretrained_cfg, image_size)
     crop = spec["crop"]
     dtype = "float16" if half else "float32"
@@ -312,7 +311,7 @@ def build_metadata(model: Backbone, *, labels: Sequence[str], image_size: int, f
     for key in ("metrics", "run"):
         if info and key in info:
             meta[key] = info[key]
-    meta["finetune_version"] = __version__
+    meta["finetune_version"] = importlib.metadata.version("finetune")
     meta["torch_version"] = torch.__version__
     return meta
 

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from .data import DataError, DataSplits, discover
-from .io import atomic_write_bytes
-from .models import UnsafeCheckpointError
+from ..data import DataError, DataSplits, discover
+from ..io import atomic_write_bytes
+from ..models import UnsafeCheckpointError
 
 log = logging.getLogger("finetune")
 

@@ -37,8 +37,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .evaluation import most_confused_pairs
-from .io import atomic_write_bytes
+from ..io import atomic_write_bytes
+from .metrics import most_confused_pairs
 
 __all__ = [
     "confusion_matrix_figure",

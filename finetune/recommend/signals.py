@@ -36,9 +36,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data.images import ImageDecodeError, load_image
-from .data.transforms import build_transform, jpeg_draft_size, normalize_batch
-from .models import Backbone
+from ..data.images import ImageDecodeError, load_image
+from ..data.transforms import build_transform, jpeg_draft_size, normalize_batch
+from ..models import Backbone
 
 Sample = tuple[str, int]
 

@@ -1,5 +1,5 @@
 """The recommendation's second half: hyperparameters with their reasons, a training-time
-estimate and the ``--budget``, the evidence table, and the report a person reads.
+estimate and the ``--budget``.
 
 The time estimate comes from the forward speed measured while computing the signals, on
 this machine, at the chosen image size: one training image costs about three forward
@@ -10,15 +10,12 @@ gradients stop at a frozen stage; evaluation and feature extraction cost one.
 from __future__ import annotations
 
 import math
-import textwrap
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .config import RunConfig
-
-if TYPE_CHECKING:
-    from .models import Backbone
-    from .recommend import Decision, Recommendation, Thresholds
+from ..config import RunConfig
+from ..models import Backbone
+from .decide import Decision
 
 # Optimizer steps a phase should get: about what it takes AdamW with a cosine schedule to
 # settle a head (300) or a backbone from pretrained weights (300; lp-ft's fine-tuning
@@ -187,113 +184,3 @@ def _bn_policy(strategy: str, unfreeze: int | None, signals: dict, batch_size: i
                 f"the checkpoint's, in eval mode")
     small = " (batch under 16: noisy batch statistics, raise --batch-size if memory allows)" if batch_size < 16 else ""
     return f"every stage trains, BatchNorm with batch statistics of batch {batch_size}{small}"
-
-
-# --------------------------------------------------------------------------- evidence
-def _e(signal: str, value: Any, meaning: str) -> dict[str, Any]:
-    if isinstance(value, float):
-        value = round(value, 4)
-    return {"signal": signal, "value": value, "meaning": meaning}
-
-
-def _profile(stages: list[dict], key: str) -> str:
-    return " | ".join(f"{s['name']} {s[key]:.2f}" for s in stages if s[key] is not None)
-
-
-def evidence(signals: dict, amount: dict, decision: Decision, plan: Plan, thr: Thresholds) -> list[dict]:
-    out = [
-        _e("images", amount["images"], f"{amount['classes']} classes; {amount['train_images']} train / "
-           f"{amount['val_images']} val / {amount['test_images']} test with `finetune run`'s split"),
-        _e("per_class_median", amount["per_class_median"],
-           f"{decision.amount}: the line is {thr.little_per_class:g} images per class "
-           f"(min {amount['per_class_min']}, max {amount['per_class_max']})"),
-        _e("imbalance", amount["imbalance"], "largest / smallest class; above 3 `finetune run` weights "
-           "the loss by class" if amount["imbalance"] > 3 else "largest / smallest class: balanced enough"),
-        _e("image_size_median", f"{amount['median_width']:.0f}x{amount['median_height']:.0f}",
-           f"width x height from the file headers; the model sees {signals['image_size']} px"),
-        _e("grey_fraction", amount.get("grey_fraction", signals["grey_fraction"]),
-           "share of sampled images that are grey (ImageNet is colour)"),
-        _e("probe_accuracy", signals["probe_accuracy"],
-           f"balanced leave-one-out accuracy of a linear (ridge) classifier on the frozen penultimate "
-           f"features of {signals['subsample']} images; chance {signals['chance']:.3f}; kappa "
-           f"{signals['kappa']:.2f}: what a linear head can expect"),
-        _e("probe_by_stage", _profile(signals["stages"], "probe_accuracy"),
-           f"label information per depth: best at {signals['best_stage_name']} "
-           f"({signals['best_stage_accuracy']:.2f})"
-           + (f", {signals['best_stage_accuracy'] - signals['probe_accuracy']:.2f} above the penultimate "
-              f"features: the last stages are specialised to ImageNet"
-              if signals["best_stage_accuracy"] - signals["probe_accuracy"] > thr.plateau else
-              ": deep features suit the task")),
-        _e("learning_curve_slope", signals["learning_curve_slope"],
-           "probe accuracy gain from half to all of the subsample ("
-           + ", ".join(f"{float(k):.0%}: {v:.2f}" for k, v in signals["learning_curve"].items()) + "); "
-           + ("still rising: more data would help" if signals["learning_curve_slope"] > 0.02 else "flat: saturated")),
-    ]
-    if signals["has_batchnorm"]:
-        out += [
-            _e("shift_by_stage", _profile(signals["stages"], "shift"),
-               "per stage, mean over BN layers and channels of the symmetric KL between the data's "
-               "activation statistics and the checkpoint's running statistics (0 = identical)"),
-            _e("shift_after_early_adabn", _profile(signals["stages"], "shift_after_early_adabn"),
-               f"the same for the later stages once the first {signals['early_stages']} stages' BN "
-               f"statistics are re-estimated on the data (AdaBN)"),
-            _e("shift_pixel", signals["shift_pixel"],
-               f"later-stage shift removed by early AdaBN ({signals['shift_later']:.2f} -> "
-               f"{signals['shift_later_after_early_adabn']:.2f}): "
-               + ("input-level (blur, noise, colour, contrast)" if decision.input_level
-                  else "mostly semantic: it persists after re-normalising the early stages"
-                  if signals["shift_later_after_early_adabn"] >= thr.semantic_hot
-                  else "small either way")),
-            _e("adabn_gain", signals["adabn_gain"],
-               "penultimate probe accuracy after early AdaBN minus before: what re-estimated early "
-               "statistics alone buy"),
-        ]
-    else:
-        out.append(_e("batchnorm", "none",
-                      "this backbone has no BatchNorm layers with stored statistics: the shift and "
-                      "AdaBN signals are unavailable, similarity falls back to the probe (kappa) alone"))
-    out.append(_e("similarity_score", decision.score,
-                  f"{decision.similarity}: "
-                  + (f"{thr.probe_weight:g} x kappa + {1 - thr.probe_weight:g} x exp(-shift after early "
-                     f"AdaBN / {thr.shift_scale:g}); the line is {decision.line:g}"
-                     if signals["has_batchnorm"] else f"kappa alone; the line is {decision.line:g}")))
-    if plan.estimated_minutes is not None:
-        out.append(_e("estimated_minutes", plan.estimated_minutes,
-                      f"rough training time of the command below on this machine, from the measured "
-                      f"forward speed ({signals['forward_ms_per_image']:.1f} ms per image)"))
-    return out
-
-
-# --------------------------------------------------------------------------- report
-def _wrap(text: str, indent: str, subsequent: str | None = None) -> str:
-    return textwrap.fill(text, width=100, initial_indent=indent,
-                         subsequent_indent=subsequent if subsequent is not None else " " * len(indent))
-
-
-def format_recommendation(rec: Recommendation) -> str:
-    hp = rec.hyperparameters
-    head = rec.strategy
-    if "unfreeze" in hp:
-        head += f" --unfreeze {hp['unfreeze']['value']}"
-    lines = [f"Recommended strategy: {head}   ({rec.cell['amount']} data, {rec.cell['similarity']} "
-             f"to {rec.backbone}'s pretraining data)", "", "Evidence"]
-    for item in rec.evidence:
-        lines.append(f"  {item['signal']}: {item['value']}")
-        lines.append(_wrap(item["meaning"], "      "))
-    lines += ["", "Decision"]
-    lines += [_wrap(r, "  - ") for r in rec.reasons]
-    lines += ["", "Thresholds (finetune.recommend.Thresholds; their regret: docs/recommend.md)"]
-    items = [f"{k}={'off' if v is None else format(v, 'g')}" for k, v in rec.thresholds.items()]
-    lines.append(_wrap(", ".join(items), "  "))
-    lines += ["", "Hyperparameters"]
-    for name, row in hp.items():
-        lines.append(f"  {name}: {row['value']}")
-        lines.append(_wrap(row["reason"], "      "))
-    if rec.warnings:
-        lines += ["", "Warnings"]
-        lines += [_wrap(w, "  ! ") for w in rec.warnings]
-    if rec.estimated_minutes is not None:
-        lines += ["", f"Estimated training time here: about {rec.estimated_minutes:.1f} min "
-                  f"(signals took {rec.seconds:.0f} s)."]
-    lines += ["", "Run it:", f"  {rec.command}"]
-    return "\n".join(lines)

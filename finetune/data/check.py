@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import (
+from . import (
     MAX_IMAGE_PIXELS,
     DataError,
     ImageDecodeError,
@@ -38,7 +38,7 @@ from .data import (
     load_image,
     load_splits,
 )
-from .data.sources import NOT_AN_IMAGE, SPLIT_ALIASES, SPLITS
+from .sources import NOT_AN_IMAGE, SPLIT_ALIASES, SPLITS
 
 # Modes that reach the model unchanged or as plain grey; anything else is converted and
 # reported, with how (images.py documents the conversions).

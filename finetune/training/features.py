@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data.transforms import prepare_batch
-from .models import Backbone
+from ..data.transforms import prepare_batch
+from ..models import Backbone
 
 
 def iter_features(

@@ -40,11 +40,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ..config import RunConfig
+from ..data import FinetuneDataModule, files_fingerprint
+from ..data.transforms import preprocess_spec
+from ..io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp
+from ..models import Backbone
 from .features import iter_features
-from .io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp
-from .models import Backbone
 
 log = logging.getLogger("finetune")
 
@@ -80,16 +83,6 @@ def backbone_fingerprint(model: Backbone) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         # Through uint8 so that every dtype (bf16 included) hashes its raw bytes.
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def files_fingerprint(samples: Sequence[tuple[str, int]]) -> str:
-    """SHA-256 over (resolved path, size, mtime_ns, label) of every sample, in order."""
-    digest = hashlib.sha256()
-    for path, label in samples:
-        p = Path(path).resolve()
-        st = p.stat()
-        digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{int(label)}\n".encode())
     return digest.hexdigest()
 
 
@@ -268,7 +261,31 @@ def cached_features(
     return result, False
 
 
+def feature_splits(
+    model: Backbone, dm: FinetuneDataModule, cfg: RunConfig, device: torch.device, progress: bool
+) -> tuple[dict[str, Dataset], float, dict[str, bool]]:
+    """Pooled features of every split, from the disk cache (``feature_cache``) or from one
+    pass of the frozen backbone now; also which splits were cache hits."""
+    start = time.perf_counter()
+    preprocess = preprocess_spec(model.pretrained_cfg, dm.image_size)
+    fingerprint = backbone_fingerprint(model)  # hashed once for the three splits
+    cached: dict[str, Dataset] = {}
+    hits: dict[str, bool] = {}
+    for split in ("train", "val", "test"):
+        samples = getattr(dm.splits, split)
+        if not samples:
+            cached[split] = TensorDataset(torch.zeros(0, model.num_features), torch.zeros(0, dtype=torch.long))
+            continue
+        cached[split], hits[split] = cached_features(
+            model, dm.eval_dataloader(split), samples, preprocess=preprocess, device=device,
+            cache_dir=cfg.feature_cache_dir, fingerprint=fingerprint, desc=f"features {split}",
+            progress=progress,
+        )
+    return cached, time.perf_counter() - start, hits
+
+
 __all__ = [
+    "feature_splits",
     "CACHE_VERSION",
     "ENV_CACHE_DIR",
     "FeatureDataset",
@@ -277,6 +294,5 @@ __all__ = [
     "cached_features",
     "compute_spec",
     "default_cache_dir",
-    "files_fingerprint",
     "read_entry",
 ]

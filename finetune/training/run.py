@@ -1,53 +1,41 @@
-"""One ``finetune run``: data, backbone, phases on Lightning, evaluation, the run folder.
+"""``finetune run``: configuration in, run folder out (its layout: finetune/run_folder.py).
 
-    DIR/config.yaml    resolved configuration, enough to rerun (``--recipe DIR/config.yaml``)
-    DIR/splits.json    which file went to train / val / test (reused on --resume)
-    DIR/checkpoints/   best.ckpt and last.ckpt of the final phase; earlier phases in
-                       checkpoints/<phase>/
-    DIR/metrics.json   DESIGN.md's shape
-    DIR/report/        confusion matrix, learning curves, per-class table, summary.md
+Prepare (data, splits, backbone, the strategy's phases), train each phase on Lightning,
+then evaluate the best-on-validation weights and write metrics and the report.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from .checkpointing import AtomicCheckpointIO, check_resume_data, resume_start, saved_history
-from .config import RunConfig, save_config
-from .data import DataSplits, FinetuneDataModule, discover, load_splits, save_splits
-from .data.builtin import BUILTIN_DATASETS, build_dataset
-from .data.transforms import preprocess_spec
-from .distributed import global_rank, local_rank
-from .evaluation import classification_metrics
-from .feature_cache import backbone_fingerprint, cached_features
+from ..config import RunConfig, save_config
+from ..data import DataSplits, FinetuneDataModule, discover, load_splits, resolve_data, save_splits
+from ..evaluation import classification_metrics, write_report
+from ..io import atomic_write_json
+from ..models import Backbone, load_state_dict_file, load_weights
+from ..recommend import resolve_auto
+from ..run_folder import RunError, build_model, check_run_dir, default_run_dir, load_run_model
+from ..strategies import Phase, plan
+from .checkpointing import check_resume_data, resume_start, saved_history
+from .distributed import global_rank
+from .feature_cache import feature_splits
 from .features import predict_probs
 from .head_fit import HeadFit, check_linear_head, fit_logistic_head
-from .io import atomic_write_json
-from .models import Backbone, create_backbone, load_state_dict_file, load_weights
 from .module import FinetuneModule, count_trainable
-from .report import write_report
-from .strategies import Phase, plan
+from .trainer import build_trainer, eval_batch_size_for, num_workers, quiet_lightning, select_device
 
 log = logging.getLogger("finetune")
 
-BUILTIN_PREFIX = "builtin:"
 # Above this max/min ratio of class counts, auto mode weights the loss by class.
 IMBALANCE_THRESHOLD = 3.0
-
-
-class RunError(ValueError):
-    """A problem with the run folder or its inputs that the user can fix."""
 
 
 @dataclass
@@ -55,53 +43,6 @@ class RunResult:
     run_dir: Path
     metrics: dict  # empty on DDP ranks other than 0, which evaluate and write nothing
     is_global_zero: bool = True
-
-
-# ---------------------------------------------------------------------- inputs
-def resolve_data(data: str) -> Path:
-    """A path, or ``builtin:<name>`` built offline into ./datasets/<name>."""
-    if data.startswith(BUILTIN_PREFIX):
-        name = data[len(BUILTIN_PREFIX):]
-        if name not in BUILTIN_DATASETS:
-            raise RunError(
-                f"Unknown built-in dataset '{name}'. Choose one of: {', '.join(BUILTIN_DATASETS)}."
-            )
-        return build_dataset(name, root="datasets")
-    return Path(data).expanduser()
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    data_name = cfg.data[len(BUILTIN_PREFIX):] if cfg.data.startswith(BUILTIN_PREFIX) else (
-        Path(cfg.data).expanduser().resolve().stem or "data"
-    )
-    backbone = cfg.backbone.replace(":", "-").replace("/", "-")
-    return Path("runs") / f"{data_name}-{backbone}-{cfg.strategy}"
-
-
-def build_model(cfg: RunConfig, num_classes: int, *, pretrained: bool | None = None) -> Backbone:
-    """The backbone with a ``num_classes`` head; ``pretrained=False`` skips weight lookup."""
-    weights = cfg.weights
-    use_pretrained = weights == "pretrained" if pretrained is None else pretrained
-    explicit = None if weights in ("pretrained", "none") or pretrained is False else weights
-    return create_backbone(
-        cfg.backbone, pretrained=use_pretrained and explicit is None,
-        weights=explicit, num_classes=num_classes,
-    )
-
-
-def select_device(cfg: RunConfig) -> torch.device:
-    if cfg.accelerator in ("gpu", "cuda") or (cfg.accelerator == "auto" and torch.cuda.is_available()):
-        # Under DDP each process extracts features on its own GPU, as Lightning trains on it.
-        return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
-    return torch.device("cpu")
-
-
-def eval_batch_size_for(batch_size: int, device: torch.device) -> int:
-    """Batches without gradients: twice the training batch on a GPU (fewer, fuller
-    launches), the training batch on a CPU, where larger batches are slower per image
-    (EfficientNet-Lite0 at 128 px, one thread: 30 ms per image in batches of 64 against
-    21 ms in batches of 32; benchmarks/eval_batch.py)."""
-    return 2 * batch_size if device.type == "cuda" else batch_size
 
 
 def class_weights_for(cfg: RunConfig, counts: list[int]) -> torch.Tensor | None:
@@ -115,107 +56,6 @@ def class_weights_for(cfg: RunConfig, counts: list[int]) -> torch.Tensor | None:
     log.info("Class imbalance %.1f:1 -> class-weighted loss (weights %.2f..%.2f).",
              ratio, weights.min().item(), weights.max().item())
     return weights
-
-
-class _ProgressBar(TQDMProgressBar):
-    """One bar per training epoch; validation is short and gets none of its own."""
-
-    def init_validation_tqdm(self):
-        bar = super().init_validation_tqdm()
-        bar.disable = True
-        return bar
-
-
-@contextlib.contextmanager
-def quiet_lightning():
-    """Keep Lightning's banners and the warnings our design makes expected out of the output.
-
-    Frozen stages are in eval mode on purpose (the BN policy), the final phase's
-    checkpoint folder holds the earlier phases' sub-folders, and tiny datasets have few
-    batches: none of these needs the user's attention.
-    """
-    names = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
-    levels = {n: logging.getLogger(n).level for n in names}
-    for n in names:
-        logging.getLogger(n).setLevel(logging.WARNING)
-    with warnings.catch_warnings():
-        for message in (".*module\\(s\\) in eval mode.*", ".*does not have many workers.*",
-                        ".*number of training batches.*", ".*exists and is not empty.*",
-                        ".*LeafSpec.*"):
-            warnings.filterwarnings("ignore", message=message)
-        try:
-            yield
-        finally:
-            for n, level in levels.items():
-                logging.getLogger(n).setLevel(level)
-
-
-def _num_workers(cfg: RunConfig) -> int:
-    if cfg.num_workers is not None:
-        return cfg.num_workers
-    return min(4, (os.cpu_count() or 2) // 2)
-
-
-def _trainer(cfg: RunConfig, phase: Phase, ckpt_dir: Path, *, has_val: bool, progress: bool):
-    precision = cfg.precision or ("bf16-mixed" if select_device(cfg).type == "cuda" else "32-true")
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        filename="best",
-        monitor="val_loss" if has_val else None,
-        mode="min",
-        save_last=not has_val,
-        save_top_k=1,
-        enable_version_counter=False,
-    )
-    callbacks: list[pl.Callback] = [checkpoint]
-    if has_val:
-        # Lightning >= 2.6 refreshes save_last's last.ckpt only in epochs where best.ckpt
-        # improved; --resume must continue from the latest epoch, so last.ckpt gets its own
-        # unmonitored callback that writes it after every epoch.
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None,
-                                         save_top_k=1, enable_version_counter=False))
-    if progress:
-        callbacks.append(_ProgressBar(leave=False))
-    trainer = pl.Trainer(
-        max_epochs=phase.epochs,
-        accelerator=cfg.accelerator,
-        devices=cfg.devices if cfg.devices == "auto" else int(cfg.devices),
-        num_nodes=cfg.num_nodes,
-        strategy=cfg.distributed,
-        precision=precision,
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],  # temp file + fsync + rename; weights_only loads
-        logger=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=str(ckpt_dir),
-        log_every_n_steps=1,
-    )
-    return trainer, checkpoint
-
-
-def _feature_loaders(
-    model: Backbone, dm: FinetuneDataModule, cfg: RunConfig, device: torch.device, progress: bool
-) -> tuple[dict[str, Dataset], float, dict[str, bool]]:
-    """Pooled features of every split, from the disk cache (``feature_cache``) or from one
-    pass of the frozen backbone now; also which splits were cache hits."""
-    start = time.perf_counter()
-    preprocess = preprocess_spec(model.pretrained_cfg, dm.image_size)
-    fingerprint = backbone_fingerprint(model)  # hashed once for the three splits
-    cached: dict[str, Dataset] = {}
-    hits: dict[str, bool] = {}
-    for split in ("train", "val", "test"):
-        samples = getattr(dm.splits, split)
-        if not samples:
-            cached[split] = TensorDataset(torch.zeros(0, model.num_features), torch.zeros(0, dtype=torch.long))
-            continue
-        cached[split], hits[split] = cached_features(
-            model, dm.eval_dataloader(split), samples, preprocess=preprocess, device=device,
-            cache_dir=cfg.feature_cache_dir, fingerprint=fingerprint, desc=f"features {split}",
-            progress=progress,
-        )
-    return cached, time.perf_counter() - start, hits
 
 
 def _fit_head_lbfgs(module: FinetuneModule, cached: dict[str, Dataset], cfg: RunConfig,
@@ -234,7 +74,7 @@ def _fit_head_lbfgs(module: FinetuneModule, cached: dict[str, Dataset], cfg: Run
                        **{k: chosen[k] for k in ("train_loss", "train_accuracy", "val_loss",
                                                  "val_accuracy") if k in chosen}}]
     with quiet_lightning():
-        trainer, _ = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=False)
+        trainer, _ = build_trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=False)
         # Nothing to fit step by step: attach the module as fit() would, so that Lightning
         # (its CheckpointIO, rank-0-only saving) writes the checkpoints in the usual format.
         trainer.strategy.connect(module)
@@ -255,7 +95,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     spawn = cfg.distributed == "ddp_spawn"
     run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
     if rank0:
-        _check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data_path = resolve_data(cfg.data)
 
     splits_path = run_dir / "splits.json"
@@ -279,8 +119,6 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     if recommended:
         # The recommender measures the checkpoint on train + val and picks the strategy;
         # flags the user gave win. recommendation.json goes to the run folder.
-        from .recommend import resolve_auto
-
         cfg, _ = resolve_auto(cfg, splits, model, run_dir, resume=resume, write=rank0)
     phases = plan(cfg, model)
     image_size = cfg.image_size or model.pretrained_cfg.image_size
@@ -296,7 +134,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     if device.type == "cuda":
         # NHWC lets cuDNN use tensor-core kernels without layout transposes (bf16 mixed).
         model = model.to(memory_format=torch.channels_last)
-    num_workers = _num_workers(cfg)
+    workers = num_workers(cfg)
     has_val = bool(splits.val)
 
     history: list[dict] = []
@@ -322,7 +160,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         dm = FinetuneDataModule(
             splits, model.pretrained_cfg, image_size=image_size, augment=phase.augment,
             batch_size=cfg.batch_size, eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
-            num_workers=num_workers, seed=cfg.seed, hflip=cfg.hflip,
+            num_workers=workers, seed=cfg.seed, hflip=cfg.hflip,
             normalize_on_device=device.type == "cuda",
             # A head on cached features never reads the images again: nothing to cache.
             image_cache=cfg.image_cache and not phase.feature_cache,
@@ -331,7 +169,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         dm.setup("fit")
         if phase.feature_cache:
             if cached is None:
-                cached, extraction_s, cache_hits = _feature_loaders(model, dm, cfg, device, progress)
+                cached, extraction_s, cache_hits = feature_splits(model, dm, cfg, device, progress)
             # ddp_spawn pickles the loaders into new processes, which a torch.Generator
             # cannot enter; there Lightning's DistributedSampler shuffles from the seed anyway.
             generator = None if spawn else torch.Generator().manual_seed(cfg.seed)
@@ -361,7 +199,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             log.info("Resuming phase '%s' from %s.", phase.name, ckpt_path)
         rows_before = len(saved_history(ckpt_dir)) if resume_from else 0
         with quiet_lightning():
-            trainer, checkpoint = _trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=progress)
+            trainer, checkpoint = build_trainer(cfg, phase, ckpt_dir, has_val=has_val, progress=progress)
             if spawn and not phase.feature_cache:
                 # Each spawned process builds its own loaders (their samplers hold a generator).
                 trainer.fit(module, datamodule=dm, ckpt_path=resume_from)
@@ -450,26 +288,6 @@ def _ordered(metrics: dict) -> dict:
     return {**{k: metrics[k] for k in first}, **{k: v for k, v in metrics.items() if k not in first}}
 
 
-def _check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    has_ckpt = any((run_dir / "checkpoints").rglob("last.ckpt")) if run_dir.exists() else False
-    if resume:
-        if not has_ckpt:
-            raise RunError(
-                f"Nothing to resume in '{run_dir}': no checkpoint was written there yet. "
-                f"Run without --resume to start it."
-            )
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(
-                f"Run folder '{run_dir}' already holds a run. Use --resume to continue it, "
-                f"--output for another folder, or --overwrite to replace it."
-            )
-        import shutil
-
-        shutil.rmtree(run_dir)
-
-
 def _check_image_size(model: Backbone, image_size: int) -> None:
     minimum = 32
     if image_size < minimum:
@@ -481,27 +299,6 @@ def _check_image_size(model: Backbone, image_size: int) -> None:
 
 
 # ---------------------------------------------------------------------- evaluate
-def load_run_model(run_dir: Path) -> tuple[Backbone, RunConfig, DataSplits]:
-    """The trained model of a run folder (best checkpoint), its config and splits."""
-    from .config import RunConfig, load_recipe
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise RunError(f"'{run_dir}' is not a run folder (no config.yaml). Pass the folder "
-                       f"that `finetune run` wrote.")
-    cfg = RunConfig.from_mapping(load_recipe(run_dir / "config.yaml"), where=str(run_dir / "config.yaml"))
-    splits = load_splits(run_dir / "splits.json")
-    ckpts = [run_dir / "checkpoints" / n for n in ("best.ckpt", "last.ckpt")]
-    ckpt = next((c for c in ckpts if c.is_file()), None)
-    if ckpt is None:
-        raise RunError(f"No checkpoint in '{run_dir / 'checkpoints'}': the run did not finish "
-                       f"a phase. Use `finetune run --resume` to continue it.")
-    model = build_model(cfg, len(splits.classes), pretrained=False)
-    load_weights(model, load_state_dict_file(ckpt), f"checkpoint {ckpt}")
-    model.eval()
-    return model, cfg, splits
-
-
 def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = True) -> dict:
     """Re-evaluate a run's model on its test split, or on every image of ``data``."""
     model, cfg, splits = load_run_model(run_dir)
@@ -522,7 +319,7 @@ def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = Tru
     dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=image_size, augment="none",
                             batch_size=cfg.batch_size,
                             eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
-                            num_workers=_num_workers(cfg))
+                            num_workers=num_workers(cfg))
     dm.setup("test")
     probs, labels = predict_probs(model, dm.eval_dataloader("test"), device=device,
                                   desc="evaluate", progress=progress)
@@ -533,4 +330,4 @@ def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = Tru
     return metrics
 
 
-__all__ = ["RunError", "RunResult", "build_model", "evaluate_run", "load_run_model", "run"]
+__all__ = ["RunResult", "evaluate_run", "run"]

@@ -1,0 +1,95 @@
+"""The run folder: what ``finetune run`` writes, and how everything else reads it back.
+
+    DIR/config.yaml    the resolved configuration; rerun with ``--recipe DIR/config.yaml``
+    DIR/splits.json    which file went to train / val / test (reused on ``--resume``)
+    DIR/checkpoints/   best.ckpt and last.ckpt of the final phase; earlier phases in
+                       checkpoints/<phase>/
+    DIR/metrics.json   the evaluation of the best-on-validation weights (docs/design.md)
+    DIR/report/        confusion matrix, learning curves, per-class table, summary.md
+    DIR/model/         what ``finetune export`` wrote
+
+Training writes these files; evaluation, export and prediction read them through
+``load_run_model``, which needs neither the trainer nor Lightning.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .config import RunConfig, load_recipe
+from .data import BUILTIN_PREFIX, DataSplits, load_splits
+from .models import Backbone, create_backbone, load_state_dict_file, load_weights
+
+CONFIG = "config.yaml"
+SPLITS = "splits.json"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+REPORT = "report"
+MODEL = "model"
+
+
+class RunError(ValueError):
+    """A problem with the run folder or its inputs that the user can fix."""
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """``runs/<data>-<backbone>-<strategy>``."""
+    data_name = cfg.data[len(BUILTIN_PREFIX):] if cfg.data.startswith(BUILTIN_PREFIX) else (
+        Path(cfg.data).expanduser().resolve().stem or "data"
+    )
+    backbone = cfg.backbone.replace(":", "-").replace("/", "-")
+    return Path("runs") / f"{data_name}-{backbone}-{cfg.strategy}"
+
+
+def build_model(cfg: RunConfig, num_classes: int, *, pretrained: bool | None = None) -> Backbone:
+    """The backbone with a ``num_classes`` head; ``pretrained=False`` skips weight lookup."""
+    weights = cfg.weights
+    use_pretrained = weights == "pretrained" if pretrained is None else pretrained
+    explicit = None if weights in ("pretrained", "none") or pretrained is False else weights
+    return create_backbone(
+        cfg.backbone, pretrained=use_pretrained and explicit is None,
+        weights=explicit, num_classes=num_classes,
+    )
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix two runs in one folder; ``overwrite`` empties it first."""
+    has_ckpt = any((run_dir / CHECKPOINTS).rglob("last.ckpt")) if run_dir.exists() else False
+    if resume:
+        if not has_ckpt:
+            raise RunError(
+                f"Nothing to resume in '{run_dir}': no checkpoint was written there yet. "
+                f"Run without --resume to start it."
+            )
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(
+                f"Run folder '{run_dir}' already holds a run. Use --resume to continue it, "
+                f"--output for another folder, or --overwrite to replace it."
+            )
+        shutil.rmtree(run_dir)
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Backbone, RunConfig, DataSplits]:
+    """The trained model of a run folder (best checkpoint, eval mode), its config and splits."""
+    run_dir = Path(run_dir)
+    config = run_dir / CONFIG
+    if not config.is_file():
+        raise RunError(f"'{run_dir}' is not a run folder (no {CONFIG}). Pass the folder "
+                       f"that `finetune run` wrote.")
+    cfg = RunConfig.from_mapping(load_recipe(config), where=str(config))
+    splits = load_splits(run_dir / SPLITS)
+    ckpts = [run_dir / CHECKPOINTS / n for n in ("best.ckpt", "last.ckpt")]
+    ckpt = next((c for c in ckpts if c.is_file()), None)
+    if ckpt is None:
+        raise RunError(f"No checkpoint in '{run_dir / CHECKPOINTS}': the run did not finish "
+                       f"a phase. Use `finetune run --resume` to continue it.")
+    model = build_model(cfg, len(splits.classes), pretrained=False)
+    load_weights(model, load_state_dict_file(ckpt), f"checkpoint {ckpt}")
+    model.eval()
+    return model, cfg, splits
+
+
+__all__ = ["RunError", "build_model", "check_run_dir", "default_run_dir", "load_run_model"]

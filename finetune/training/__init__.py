@@ -1,0 +1,13 @@
+"""Training: a run's phases on Lightning, and the linear-probe fast path.
+
+* ``run``: ``finetune run`` from configuration to run folder, and ``finetune evaluate``;
+* ``module`` and ``trainer``: the LightningModule of one phase and the Trainer it runs in;
+* ``checkpointing``: atomic checkpoint writes, safe loads, what a resume continues;
+* ``features``, ``feature_cache`` and ``head_fit``: a frozen backbone's pooled features,
+  computed once and cached on disk, and a head fitted on them;
+* ``distributed``: which DDP rank this process is.
+"""
+
+from .run import RunResult, evaluate_run, run
+
+__all__ = ["RunResult", "evaluate_run", "run"]
