@@ -1,6 +1,6 @@
 """Where the images come from: ``--data`` resolved into labelled train / val / test lists.
 
-Three layouts are accepted (DESIGN.md, "Data"):
+Three layouts are accepted (docs/design.md, "Data"):
 
 * a folder of class subfolders: ``data/<class>/**/<image>``. Split into train / val / test
   here, stratified per class and seeded, and saved to ``splits.json`` by the run;
@@ -9,6 +9,10 @@ Three layouts are accepted (DESIGN.md, "Data"):
   ``train/``, stratified;
 * a CSV manifest with a header ``path,label`` or ``path,label,split``. Paths are relative
   to the CSV's folder or absolute.
+
+``list_files`` reads a layout into a ``Listing`` (which files exist, under which split and
+class); ``discover`` splits it and ``finetune data check`` (check.py) inspects it, so the two
+never disagree about which files and classes there are.
 
 With ``verify=True`` every image is decoded once, in a thread pool, before anything is
 split: files that cannot be decoded go to ``skipped`` (with the reason) and never reach a
@@ -152,6 +156,157 @@ def load_splits(path: Path) -> DataSplits:
     return DataSplits.from_json(obj)
 
 
+# --------------------------------------------------------------------------- listing
+
+
+@dataclass
+class Listing:
+    """The files a layout names, before any is decoded.
+
+    ``images`` holds every class folder (or CSV label) the layout names, even one with no
+    image files, so that an empty class is one both ``discover`` and the data check see.
+    """
+
+    source: str  # "class-folders" | "split-folders" | "csv"
+    where: Path  # where the classes are read from, named in messages: root, train/ or the CSV
+    images: dict[str, dict[str, list[str]]]  # split -> class -> absolute image paths
+    not_images: list[str] = field(default_factory=list)  # absolute paths, in listing order
+
+    def files(self) -> list[tuple[str, str, str]]:
+        """``(path, split, class)`` of every image file."""
+        return [
+            (path, split, name)
+            for split, per_class in self.images.items()
+            for name, paths in per_class.items()
+            for path in paths
+        ]
+
+    def without(self, bad: set[str]) -> Listing:
+        """The same listing less the paths in ``bad`` (their classes stay, maybe empty)."""
+        images = {
+            split: {name: [p for p in paths if p not in bad] for name, paths in per_class.items()}
+            for split, per_class in self.images.items()
+        }
+        return Listing(self.source, self.where, images, list(self.not_images))
+
+
+def list_files(data: str | Path) -> Listing:
+    """Read the layout of ``data`` (folder or CSV) into a ``Listing``; nothing is decoded.
+
+    Raises ``DataError`` when ``data`` is no layout at all: a missing path, a file that is
+    not a CSV, a folder without subfolders, or a CSV that cannot be read as a manifest.
+    """
+    root = Path(data).expanduser()
+    if not root.exists():
+        raise DataError(
+            f"Data path '{root}' does not exist. Pass a folder of class subfolders, a folder "
+            f"with train/ val/ test/ subfolders, or a CSV manifest (path,label[,split])."
+        )
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(
+                f"'{root}' is a file, not a folder or a .csv manifest. Point --data at the "
+                f"folder that holds one subfolder per class, or at a CSV with columns path,label[,split]."
+            )
+        return _list_csv(root)
+    split_dirs = _split_dirs(root)
+    if "train" in split_dirs:
+        return _list_split_folders(root, split_dirs)
+    return _list_class_folders(root)
+
+
+def training_classes(listing: Listing) -> list[str]:
+    """The sorted classes training uses: those with image files in train.
+
+    Raises ``DataError`` when fewer than two classes have any, or when a class has val or
+    test images but none in train (it could be scored but never learnt).
+    """
+    classes = _usable_classes(listing.images["train"], listing.where)
+    known = set(classes)
+    for split in ("val", "test"):
+        strangers = sorted(
+            name
+            for name, paths in listing.images.get(split, {}).items()
+            if paths and name not in known
+        )
+        if strangers:
+            raise DataError(
+                f"{listing.where}: class(es) {', '.join(strangers)} appear in {split} but have no usable "
+                f"training images. Add their images to train, or remove them from {split}."
+            )
+    return classes
+
+
+def _has_image_extension(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """The folder of each split present; the first alias found wins (val/ over valid/)."""
+    found: dict[str, Path] = {}
+    for split, names in SPLIT_ALIASES.items():
+        for name in names:
+            if (root / name).is_dir():
+                found[split] = root / name
+                break
+    return found
+
+
+def _visible_subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_class_folders(root: Path, not_images: list[str]) -> dict[str, list[str]]:
+    """``{class name: sorted absolute image paths}``; other files' paths go to ``not_images``.
+
+    Names starting with "." (``.DS_Store``, ``.thumbnails/``) are skipped, not listed:
+    they are the file system's or a viewer's, not the user's.
+    """
+    classes: dict[str, list[str]] = {}
+    for class_dir in _visible_subdirs(root):
+        images: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                path = os.path.abspath(os.path.join(dirpath, filename))
+                (images if _has_image_extension(filename) else not_images).append(path)
+        classes[class_dir.name] = images
+    stray = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    stray_images = [n for n in stray if _has_image_extension(n)]
+    if stray_images:
+        logger.warning(
+            "%d image(s) directly in '%s' (e.g. %s) are not in a class folder and are ignored.",
+            len(stray_images), root, stray_images[0],
+        )
+    return classes
+
+
+def _list_class_folders(root: Path) -> Listing:
+    not_images: list[str] = []
+    per_class = _scan_class_folders(root, not_images)
+    if not per_class:
+        raise DataError(
+            f"'{root}' has no subfolders. Put the images of each class in its own subfolder "
+            f"({root}/<class>/<image>), or use train/ val/ test/ subfolders, or a CSV manifest."
+        )
+    return Listing("class-folders", root, {"train": per_class}, not_images)
+
+
+def _list_split_folders(root: Path, split_dirs: dict[str, Path]) -> Listing:
+    known = {name for names in SPLIT_ALIASES.values() for name in names}
+    others = [p.name for p in _visible_subdirs(root) if p.name not in known]
+    if others:
+        logger.warning(
+            "'%s' has train/ so it is read as split folders; ignoring other subfolders: %s",
+            root, ", ".join(others),
+        )
+    not_images: list[str] = []
+    per_split = {split: _scan_class_folders(folder, not_images) for split, folder in split_dirs.items()}
+    return Listing("split-folders", split_dirs["train"], per_split, not_images)
+
+
 # --------------------------------------------------------------------------- discovery
 
 
@@ -169,23 +324,12 @@ def discover(
     whole class folder, or of ``train/`` when a split folder or CSV lacks that split).
     """
     _check_fractions(val_fraction, test_fraction)
-    root = Path(data).expanduser()
-    if not root.exists():
-        raise DataError(
-            f"Data path '{root}' does not exist. Pass a folder of class subfolders, a folder "
-            f"with train/ val/ test/ subfolders, or a CSV manifest (path,label[,split])."
-        )
-    if root.is_file():
-        if root.suffix.lower() != ".csv":
-            raise DataError(
-                f"'{root}' is a file, not a folder or a .csv manifest. Point --data at the "
-                f"folder that holds one subfolder per class, or at a CSV with columns path,label[,split]."
-            )
-        return _from_csv(root, val_fraction, test_fraction, seed, verify)
-    split_dirs = _split_dirs(root)
-    if "train" in split_dirs:
-        return _from_split_folders(root, split_dirs, val_fraction, test_fraction, seed, verify)
-    return _from_class_folders(root, val_fraction, test_fraction, seed, verify)
+    listing = list_files(data)
+    skipped = [f"{path}: {NOT_AN_IMAGE}" for path in listing.not_images]
+    if verify:
+        listing = listing.without(_verify((p for p, _, _ in listing.files()), skipped))
+    classes, lists = _assemble(listing, val_fraction, test_fraction, seed)
+    return DataSplits(classes, skipped=skipped, source=listing.source, seed=seed, **lists)
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -197,46 +341,6 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
             f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training "
             f"images; keep the sum below 1 (e.g. 0.15 + 0.15)."
         )
-
-
-def _split_dirs(root: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for split, names in SPLIT_ALIASES.items():
-        for name in names:
-            if (root / name).is_dir():
-                found[split] = root / name
-                break
-    return found
-
-
-def _visible_subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def _scan_class_folders(root: Path, skipped: list[str]) -> dict[str, list[str]]:
-    """``{class name: sorted absolute image paths}``; non-image files go to ``skipped``."""
-    classes: dict[str, list[str]] = {}
-    for class_dir in _visible_subdirs(root):
-        images: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                if filename.startswith("."):
-                    continue
-                path = os.path.abspath(os.path.join(dirpath, filename))
-                if os.path.splitext(filename)[1].lower() in IMAGE_EXTENSIONS:
-                    images.append(path)
-                else:
-                    skipped.append(f"{path}: {NOT_AN_IMAGE}")
-        classes[class_dir.name] = images
-    stray = [p.name for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
-    stray_images = [n for n in stray if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
-    if stray_images:
-        logger.warning(
-            "%d image(s) directly in '%s' (e.g. %s) are not in a class folder and are ignored.",
-            len(stray_images), root, stray_images[0],
-        )
-    return classes
 
 
 def _verify(paths: Iterable[str], skipped: list[str]) -> set[str]:
@@ -270,10 +374,6 @@ def _verify(paths: Iterable[str], skipped: list[str]) -> set[str]:
     for error in [e for e in results if e is not None][:5]:
         logger.warning("Skipping undecodable image %s", error)
     return bad
-
-
-def _drop_bad(per_class: dict[str, list[str]], bad: set[str]) -> dict[str, list[str]]:
-    return {name: [p for p in paths if p not in bad] for name, paths in per_class.items()}
 
 
 def _usable_classes(per_class: dict[str, list[str]], where: Path) -> list[str]:
@@ -349,41 +449,13 @@ def _stratified_split(
     return sorted(train), sorted(val), sorted(test)
 
 
-def _from_class_folders(
-    root: Path, val_fraction: float, test_fraction: float, seed: int, verify: bool
-) -> DataSplits:
-    skipped: list[str] = []
-    per_class = _scan_class_folders(root, skipped)
-    if not per_class:
-        raise DataError(
-            f"'{root}' has no subfolders. Put the images of each class in its own subfolder "
-            f"({root}/<class>/<image>), or use train/ val/ test/ subfolders, or a CSV manifest."
-        )
-    if verify:
-        bad = _verify((p for paths in per_class.values() for p in paths), skipped)
-        per_class = _drop_bad(per_class, bad)
-    classes = _usable_classes(per_class, root)
-    train, val, test = _stratified_split(per_class, classes, val_fraction, test_fraction, seed)
-    return DataSplits(classes, train, val, test, skipped, "class-folders", seed)
-
-
 def _assemble(
-    per_split: dict[str, dict[str, list[str]]],
-    where: Path,
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
+    listing: Listing, val_fraction: float, test_fraction: float, seed: int
 ) -> tuple[list[str], dict[str, list[Sample]]]:
-    """Shared by split folders and CSV: classes from train, missing splits cut from train."""
-    classes = _usable_classes(per_split["train"], where)
+    """Classes from train; the splits a layout gives are kept, the missing ones cut from train."""
+    classes = training_classes(listing)
     index = {name: i for i, name in enumerate(classes)}
-    for split in ("val", "test"):
-        strangers = sorted(n for n, paths in per_split.get(split, {}).items() if paths and n not in index)
-        if strangers:
-            raise DataError(
-                f"{where}: class(es) {', '.join(strangers)} appear in {split} but have no usable "
-                f"training images. Add their images to train, or remove them from {split}."
-            )
+    per_split = listing.images
     has_val = any(per_split.get("val", {}).values())
     has_test = any(per_split.get("test", {}).values())
     split_val = 0.0 if has_val else val_fraction
@@ -395,34 +467,12 @@ def _assemble(
             lists[split] = sorted(
                 (p, index[name]) for name, paths in per_split[split].items() for p in paths
             )
-        else:
-            logger.info("No %s split in '%s': %d images split off train.", split, where, len(lists[split]))
+        elif listing.source != "class-folders":  # class folders never hold a split
+            logger.info(
+                "No %s split in '%s': %d images split off train.",
+                split, listing.where, len(lists[split]),
+            )
     return classes, lists
-
-
-def _from_split_folders(
-    root: Path,
-    split_dirs: dict[str, Path],
-    val_fraction: float,
-    test_fraction: float,
-    seed: int,
-    verify: bool,
-) -> DataSplits:
-    skipped: list[str] = []
-    known = {name for names in SPLIT_ALIASES.values() for name in names}
-    others = [p.name for p in _visible_subdirs(root) if p.name not in known]
-    if others:
-        logger.warning(
-            "'%s' has train/ so it is read as split folders; ignoring other subfolders: %s",
-            root, ", ".join(others),
-        )
-    per_split = {split: _scan_class_folders(folder, skipped) for split, folder in split_dirs.items()}
-    if verify:
-        everything = (p for per_class in per_split.values() for ps in per_class.values() for p in ps)
-        bad = _verify(everything, skipped)
-        per_split = {s: _drop_bad(pc, bad) for s, pc in per_split.items()}
-    classes, lists = _assemble(per_split, split_dirs["train"], val_fraction, test_fraction, seed)
-    return DataSplits(classes, skipped=skipped, source="split-folders", seed=seed, **lists)
 
 
 def _canonical_split(value: str) -> str | None:
@@ -433,9 +483,7 @@ def _canonical_split(value: str) -> str | None:
     return None
 
 
-def _from_csv(
-    csv_path: Path, val_fraction: float, test_fraction: float, seed: int, verify: bool
-) -> DataSplits:
+def _list_csv(csv_path: Path) -> Listing:
     base = csv_path.parent
     with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM
         reader = csv.reader(f)
@@ -455,7 +503,7 @@ def _from_csv(
     col = {name: columns.index(name) for name in columns}
     has_split = "split" in col
 
-    skipped: list[str] = []
+    not_images: list[str] = []
     per_split: dict[str, dict[str, list[str]]] = {}
     missing: list[str] = []
     seen: dict[str, tuple[str, str]] = {}
@@ -490,8 +538,8 @@ def _from_csv(
         if not os.path.isfile(path):
             missing.append(rel)
             continue
-        if os.path.splitext(path)[1].lower() not in IMAGE_EXTENSIONS:
-            skipped.append(f"{path}: {NOT_AN_IMAGE}")
+        if not _has_image_extension(path):
+            not_images.append(path)
             continue
         per_split.setdefault(split, {}).setdefault(label, []).append(path)
     if missing:
@@ -506,9 +554,4 @@ def _from_csv(
             f"{' (no row with split=train)' if has_split and per_split else ''}. "
             f"Add rows path,label{',train' if has_split else ''}."
         )
-    if verify:
-        everything = (p for pc in per_split.values() for ps in pc.values() for p in ps)
-        bad = _verify(everything, skipped)
-        per_split = {s: _drop_bad(pc, bad) for s, pc in per_split.items()}
-    classes, lists = _assemble(per_split, csv_path, val_fraction, test_fraction, seed)
-    return DataSplits(classes, skipped=skipped, source="csv", seed=seed, **lists)
+    return Listing("csv", csv_path, per_split, not_images)
