@@ -4,10 +4,10 @@
     print(report.format())          # or report.to_json()
     report.ok                       # False: report.problems says why training cannot run
 
-The data is found exactly as ``finetune run`` finds it (``sources.discover``) and every
-file is decoded exactly as training decodes it (``images.load_image``), so a file this
-check calls usable is one training uses, and a file it calls broken is one training
-skips. On top of that it reports what training tolerates but a person should know:
+The data is listed by the functions ``finetune run`` lists it with (``sources.list_files``
+and ``sources.training_classes``, which ``discover`` splits) and every file is decoded
+exactly as training decodes it (``images.load_image``), so a file this check calls usable
+is one training uses, and a file it calls broken is one training skips. On top of that it reports what training tolerates but a person should know:
 empty class folders, files that are not images, unusual colour modes and how they are
 converted, tiny images, exact duplicate files (by content hash) and duplicates that sit in
 different splits (test images leaking into training).
@@ -29,16 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from . import (
-    MAX_IMAGE_PIXELS,
-    DataError,
-    ImageDecodeError,
-    discover,
-    is_image_file,
-    load_image,
-    load_splits,
-)
-from .sources import NOT_AN_IMAGE, SPLIT_ALIASES, SPLITS
+from . import MAX_IMAGE_PIXELS, DataError, ImageDecodeError, load_image, load_splits
+from .sources import SPLITS, list_files, training_classes
 
 # Modes that reach the model unchanged or as plain grey; anything else is converted and
 # reported, with how (images.py documents the conversions).
@@ -83,6 +75,9 @@ class DataCheck:
     cross_split_duplicates: list[dict[str, str]] = field(default_factory=list)  # {path: split}
     problems: list[str] = field(default_factory=list)  # why training cannot proceed
     warnings: list[str] = field(default_factory=list)
+    # (path, split, class) of every usable image, sorted. Not in to_json: its "classes"
+    # table counts them, and a list of every file would swamp the report.
+    usable: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -198,20 +193,7 @@ def check_data(
     if not root.exists():
         raise DataError(f"Data path '{root}' does not exist. Pass a folder of class subfolders, "
                         f"a folder with train/ val/ test/ subfolders, or a CSV manifest.")
-    # files: (path, split, class) of every image file, as training would see them.
-    try:
-        with _quiet_discovery():  # its warnings (empty folders, ...) are sections of the report
-            found = discover(root, val_fraction=0.0, test_fraction=0.0, verify=False)
-    except DataError as err:
-        report.problems.append(str(err))
-        files, report.not_images = _walk(root)
-        report.layout = _folder_layout(root)[0] if files or report.not_images else ""
-    else:
-        report.layout = found.source
-        files = [(p, split, found.classes[y]) for split in SPLITS for p, y in found.samples(split)]
-        report.not_images = sorted(e.rsplit(": ", 1)[0] for e in found.skipped
-                                   if e.endswith(f": {NOT_AN_IMAGE}"))
-    empty_dirs = _empty_class_folders(root)
+    files, class_names = _listed(report, root)
 
     split_of: dict[str, str] = {}
     if splits is not None:
@@ -232,6 +214,8 @@ def check_data(
             unusable[name] += 1
         else:
             counts[name][split] += 1
+            report.usable.append((path, split, name))
+    report.usable.sort()
     report.counts = {name: dict(counts[name]) for name in sorted(counts)}
     report.unusable = {name: unusable[name] for name in sorted(unusable)}
 
@@ -239,9 +223,32 @@ def check_data(
     _file_findings(report, {p: results[p] for p in to_inspect if p in labels})
     _duplicates(report, results, labels, split_of)
     usable = {n for n, per_split in report.counts.items() if any(per_split.values())}
-    report.empty_classes = sorted((set(empty_dirs) | set(report.counts)) - usable)
+    report.empty_classes = sorted(class_names - usable)
     _verdict(report)
     return report
+
+
+def _listed(report: DataCheck, root: Path) -> tuple[list[tuple[str, str, str]], set[str]]:
+    """``(path, split, class)`` of every image file the layout names, and every class name
+    (with image files or not); sets the layout, the non-images and, when ``finetune run``
+    would refuse the layout or its classes before decoding anything, the problem."""
+    # Discovery's warnings (empty folders, stray images) are sections of the report.
+    with _quiet_discovery():
+        try:
+            listing = list_files(root)
+        except DataError as err:
+            report.problems.append(str(err))
+            return [], set()
+        try:
+            training_classes(listing)
+        except DataError as err:
+            report.problems.append(str(err))
+    files = listing.files()
+    report.not_images = sorted(listing.not_images)
+    # A refused layout with no file in it is not named: there is nothing to read it by.
+    if files or report.not_images or not report.problems:
+        report.layout = listing.source
+    return files, {name for per_class in listing.images.values() for name in per_class}
 
 
 def _file_findings(report: DataCheck, results: dict[str, dict]) -> None:
@@ -363,49 +370,6 @@ def _map(fn, items: list):
     # Threads: hashing and Pillow's decoders release the GIL.
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2, len(items))) as pool:
         return list(pool.map(fn, items))
-
-
-def _folder_layout(root: Path) -> tuple[str, dict[str, Path]]:
-    """The layout discover() would read and the folder that holds each split's classes."""
-    split_dirs = {}
-    for split, names in SPLIT_ALIASES.items():
-        found = next((root / n for n in names if (root / n).is_dir()), None)
-        if found is not None:
-            split_dirs[split] = found
-    if "train" in split_dirs:
-        return "split-folders", split_dirs
-    return "class-folders", {"train": root}
-
-
-def _class_folders(root: Path) -> list[tuple[str, Path]]:
-    """``(split, class folder)`` of a folder layout; ``split`` is "train" for plain class folders."""
-    if not root.is_dir():
-        return []
-    return [(split, sub) for split, parent in _folder_layout(root)[1].items()
-            for sub in sorted(parent.iterdir()) if sub.is_dir() and not sub.name.startswith(".")]
-
-
-def _walk(root: Path) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """Image files and non-image files of a folder layout (when discover() refused it)."""
-    files, others = [], []
-    for split, folder in _class_folders(root):
-        for path in _files_under(folder):
-            (files.append((path, split, folder.name)) if is_image_file(path) else others.append(path))
-    return files, sorted(others)
-
-
-def _files_under(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [os.path.abspath(os.path.join(dirpath, f)) for f in sorted(filenames)
-                if not f.startswith(".")]
-    return out
-
-
-def _empty_class_folders(root: Path) -> list[str]:
-    return sorted({folder.name for _, folder in _class_folders(root)
-                   if not any(is_image_file(p) for p in _files_under(folder))})
 
 
 __all__ = ["DEFAULT_MIN_SIZE", "DataCheck", "check_data"]
