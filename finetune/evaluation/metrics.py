@@ -2,7 +2,7 @@
 
 The trainer collects ``y_true`` (N,) and softmax ``probs`` (N, C) over a split and
 calls :func:`classification_metrics`; the result is the ``val`` / ``test`` entry of
-``metrics.json`` (DESIGN.md) and the input of :mod:`finetune.report`.
+``metrics.json`` (docs/design.md) and the input of :mod:`finetune.evaluation.report`.
 
     metrics = classification_metrics(y_true, probs, classes)
     metrics["accuracy"], metrics["per_class"]["cat"]["f1"], metrics["confusion_matrix"]

@@ -2,7 +2,7 @@
 
     paths = write_report(run_dir, metrics, history, classes, config=config)
 
-writes, from ``metrics.json``'s content (DESIGN.md) and the per-epoch history:
+writes, from ``metrics.json``'s content (docs/design.md) and the per-epoch history:
 
     confusion_matrix.png              counts, true classes as rows
     confusion_matrix_normalized.png   rows divided by class support (recall on the diagonal)
@@ -28,7 +28,7 @@ import csv
 import dataclasses
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -380,17 +380,11 @@ def _phases_section(phases) -> list[str]:
     return lines + [""]
 
 
-def _summary(
-    metrics: Mapping,
-    classes: Sequence[str],
-    evaluated: tuple[str, Mapping] | None,
-    figures: Mapping[str, str | None],
-    skipped: Sequence[str],
-    config: Mapping | None,
-) -> str:
+def _run_table(metrics: Mapping, classes: Sequence[str], skipped: Sequence[str]) -> list[str]:
+    """The title and the one-glance table: what ran, on how much data, at what cost."""
     backbone, strategy = metrics.get("backbone", "unknown"), metrics.get("strategy", "unknown")
     ips = metrics.get("images_per_s")
-    lines = [
+    return [
         f"# Run report: `{backbone}` · `{strategy}`",
         "",
         "| run | |",
@@ -405,73 +399,108 @@ def _summary(
         f"| Throughput | {'not recorded' if ips is None else f'{float(ips):,.1f} images/s'} |",
         f"| Skipped files | {len(skipped)} |",
         "",
+    ]
+
+
+def _per_class_section(evaluated: tuple[str, Mapping] | None, classes: Sequence[str]) -> list[str]:
+    """Precision, recall, F1 and support of every class, in the model's class order."""
+    if evaluated is None:
+        return ["## Per-class results", "", "No per-class results were recorded.", ""]
+    name, split = evaluated
+    lines = [
+        f"## Per-class results ({name})",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label in classes:
+        row = split["per_class"][label]
+        lines.append(
+            f"| {_cell(label)} | {_dec(row['precision'])} | {_dec(row['recall'])} "
+            f"| {_dec(row['f1'])} | {int(row['support']):,} |"
+        )
+    return lines + [""]
+
+
+def _confused_section(evaluated: tuple[str, Mapping] | None, classes: Sequence[str]) -> list[str]:
+    """The five most frequent (true, predicted) mistakes, each as a share of its true class."""
+    if evaluated is None:
+        return []
+    name, split = evaluated
+    lines = [f"## Most confused classes ({name})", ""]
+    matrix = split.get("confusion_matrix")
+    if matrix is None:
+        return lines + ["No confusion matrix was recorded.", ""]
+    pairs = most_confused_pairs(matrix, list(classes), k=5)
+    if not pairs:
+        return lines + [f"No {name} image was misclassified.", ""]
+    cm = np.asarray(matrix)
+    index = {label: i for i, label in enumerate(classes)}
+    lines += [
+        "| true class | predicted as | images | share of true class |",
+        "|---|---|---:|---:|",
+    ]
+    for true, pred, count in pairs:
+        support = int(cm[index[true]].sum())
+        lines.append(f"| {_cell(true)} | {_cell(pred)} | {count:,} | {_pct(count / support)} |")
+    return lines + [""]
+
+
+def _figures_section(figures: Mapping[str, tuple[str, str | None]]) -> list[str]:
+    """Each figure embedded, or the reason it was not drawn."""
+    lines = ["## Figures", ""]
+    for title, (file, note) in figures.items():
+        lines.append(f"![{title}]({file})" if note is None else f"{title}: not drawn; {note}")
+        lines.append("")
+    return lines
+
+
+def _skipped_section(skipped: Sequence[str]) -> list[str]:
+    """The images left out because they could not be decoded, the first few by name."""
+    lines = [f"## Skipped files ({len(skipped)})", ""]
+    if not skipped:
+        return lines + ["none", ""]
+    lines += [
+        "Images that could not be decoded were left out "
+        f"(full list: [{SKIPPED_TXT}]({SKIPPED_TXT})):",
+        "",
+    ]
+    lines += [f"- `{path}`" for path in skipped[:_MAX_SKIPPED_IN_SUMMARY]]
+    if len(skipped) > _MAX_SKIPPED_IN_SUMMARY:
+        lines.append(f"- ... and {len(skipped) - _MAX_SKIPPED_IN_SUMMARY:,} more")
+    return lines + [""]
+
+
+def _config_section(config: Mapping | None) -> list[str]:
+    """The run's configuration as YAML, so the page alone says how to rerun it."""
+    if not config:
+        return []
+    dumped = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
+    return ["## Configuration", "", "```yaml", dumped.rstrip("\n"), "```", ""]
+
+
+def _summary(
+    metrics: Mapping,
+    classes: Sequence[str],
+    evaluated: tuple[str, Mapping] | None,
+    figures: Mapping[str, tuple[str, str | None]],
+    skipped: Sequence[str],
+    config: Mapping | None,
+) -> str:
+    """``summary.md``: the run, its metrics, where it errs, its figures, what it left out."""
+    lines = [
+        *_run_table(metrics, classes, skipped),
         "## Metrics",
         "",
         *_metrics_table(metrics),
         "",
         *_phases_section(metrics.get("phases")),
+        *_per_class_section(evaluated, classes),
+        *_confused_section(evaluated, classes),
+        *_figures_section(figures),
+        *_skipped_section(skipped),
+        *_config_section(config),
     ]
-
-    if evaluated is None:
-        lines += ["## Per-class results", "", "No per-class results were recorded.", ""]
-    else:
-        name, split = evaluated
-        per_class = split["per_class"]
-        lines += [
-            f"## Per-class results ({name})",
-            "",
-            "| class | precision | recall | F1 | support |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for label in classes:
-            row = per_class[label]
-            lines.append(
-                f"| {_cell(label)} | {_dec(row['precision'])} | {_dec(row['recall'])} "
-                f"| {_dec(row['f1'])} | {int(row['support']):,} |"
-            )
-        lines += ["", f"## Most confused classes ({name})", ""]
-        matrix = split.get("confusion_matrix")
-        pairs = most_confused_pairs(matrix, list(classes), k=5) if matrix is not None else []
-        if matrix is None:
-            lines.append("No confusion matrix was recorded.")
-        elif not pairs:
-            lines.append(f"No {name} image was misclassified.")
-        else:
-            cm = np.asarray(matrix)
-            index = {label: i for i, label in enumerate(classes)}
-            lines += [
-                "| true class | predicted as | images | share of true class |",
-                "|---|---|---:|---:|",
-            ]
-            for true, pred, count in pairs:
-                support = int(cm[index[true]].sum())
-                lines.append(
-                    f"| {_cell(true)} | {_cell(pred)} | {count:,} | {_pct(count / support)} |"
-                )
-        lines.append("")
-
-    lines += ["## Figures", ""]
-    for title, (file, note) in figures.items():
-        lines.append(f"![{title}]({file})" if note is None else f"{title}: not drawn; {note}")
-        lines.append("")
-
-    lines += [f"## Skipped files ({len(skipped)})", ""]
-    if not skipped:
-        lines.append("none")
-    else:
-        lines.append(
-            "Images that could not be decoded were left out "
-            f"(full list: [{SKIPPED_TXT}]({SKIPPED_TXT})):"
-        )
-        lines.append("")
-        lines += [f"- `{path}`" for path in skipped[:_MAX_SKIPPED_IN_SUMMARY]]
-        if len(skipped) > _MAX_SKIPPED_IN_SUMMARY:
-            lines.append(f"- ... and {len(skipped) - _MAX_SKIPPED_IN_SUMMARY:,} more")
-    lines.append("")
-
-    if config:
-        dumped = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
-        lines += ["## Configuration", "", "```yaml", dumped.rstrip("\n"), "```", ""]
     return "\n".join(lines)
 
 
@@ -508,6 +537,66 @@ def _validate(metrics: Mapping, classes: Sequence[str], evaluated) -> None:
         )
 
 
+def _confusion_pngs(matrix, classes: Sequence[str], split_name: str) -> dict[str, bytes]:
+    """The confusion matrix twice: counts, then rows normalised so recall is on the diagonal."""
+    counts = confusion_matrix_figure(
+        matrix, classes, title=f"Confusion matrix ({split_name}, counts)"
+    )
+    normalized = confusion_matrix_figure(
+        matrix,
+        classes,
+        normalize=True,
+        title=f"Confusion matrix ({split_name}, row-normalised: recall on the diagonal)",
+    )
+    return {CONFUSION_PNG: _png_bytes(counts), CONFUSION_NORM_PNG: _png_bytes(normalized)}
+
+
+def _figure_files(
+    evaluated: tuple[str, Mapping] | None, classes: Sequence[str], history: Sequence[Mapping]
+) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The figures that can be drawn, as PNG bytes, and why each of the others cannot."""
+    files: dict[str, bytes] = {}
+    notes: dict[str, str] = {}
+    matrix = evaluated[1].get("confusion_matrix") if evaluated else None
+    if matrix is not None:
+        files.update(_confusion_pngs(matrix, classes, evaluated[0]))
+    else:
+        notes[CONFUSION_PNG] = notes[CONFUSION_NORM_PNG] = "no confusion matrix was recorded."
+    fig = learning_curves_figure(history)
+    if fig is not None:
+        files[CURVES_PNG] = _png_bytes(fig)
+    elif not history:
+        notes[CURVES_PNG] = "no training history was recorded."
+    else:
+        notes[CURVES_PNG] = "the training history has no loss, accuracy or learning-rate values."
+    return files, notes
+
+
+def _figure_index(notes: Mapping[str, str]) -> dict[str, tuple[str, str | None]]:
+    """Title -> (file, why it was not drawn or None), in the order the summary shows them."""
+    return {
+        "Confusion matrix (counts)": (CONFUSION_PNG, notes.get(CONFUSION_PNG)),
+        "Confusion matrix (row-normalised)": (CONFUSION_NORM_PNG, notes.get(CONFUSION_NORM_PNG)),
+        "Learning curves": (CURVES_PNG, notes.get(CURVES_PNG)),
+    }
+
+
+def _replace_files(
+    report_dir: Path, files: Mapping[str, bytes], stale: Iterable[str]
+) -> list[Path]:
+    """Write ``files`` into ``report_dir``, each replacing its old version atomically, and
+    delete the ``stale`` ones: a figure left from an earlier report would contradict the
+    new summary."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, data in files.items():
+        atomic_write_bytes(report_dir / name, data)
+        written.append(report_dir / name)
+    for name in stale:
+        (report_dir / name).unlink(missing_ok=True)
+    return written
+
+
 def write_report(
     run_dir: Path,
     metrics: dict,
@@ -528,51 +617,9 @@ def write_report(
     _validate(metrics, classes, evaluated)
     skipped = [str(p) for p in metrics.get("skipped_files") or []]
 
-    files: dict[str, bytes] = {}
-    notes: dict[str, str | None] = {}
-    matrix = evaluated[1].get("confusion_matrix") if evaluated else None
-    if matrix is not None:
-        split_name = evaluated[0]
-        fig = confusion_matrix_figure(
-            matrix, classes, title=f"Confusion matrix ({split_name}, counts)"
-        )
-        files[CONFUSION_PNG] = _png_bytes(fig)
-        fig = confusion_matrix_figure(
-            matrix,
-            classes,
-            normalize=True,
-            title=f"Confusion matrix ({split_name}, row-normalised: recall on the diagonal)",
-        )
-        files[CONFUSION_NORM_PNG] = _png_bytes(fig)
-    else:
-        notes[CONFUSION_PNG] = notes[CONFUSION_NORM_PNG] = "no confusion matrix was recorded."
-    fig = learning_curves_figure(history)
-    if fig is not None:
-        files[CURVES_PNG] = _png_bytes(fig)
-    elif not history:
-        notes[CURVES_PNG] = "no training history was recorded."
-    else:
-        notes[CURVES_PNG] = "the training history has no loss, accuracy or learning-rate values."
-
-    per_class = evaluated[1]["per_class"] if evaluated else None
-    files[PER_CLASS_CSV] = _per_class_csv(per_class, classes)
-    figures = {
-        "Confusion matrix (counts)": (CONFUSION_PNG, notes.get(CONFUSION_PNG)),
-        "Confusion matrix (row-normalised)": (CONFUSION_NORM_PNG, notes.get(CONFUSION_NORM_PNG)),
-        "Learning curves": (CURVES_PNG, notes.get(CURVES_PNG)),
-    }
-    files[SUMMARY_MD] = _summary(metrics, classes, evaluated, figures, skipped, config).encode(
-        "utf-8"
-    )
+    files, notes = _figure_files(evaluated, classes, history)
+    files[PER_CLASS_CSV] = _per_class_csv(evaluated[1]["per_class"] if evaluated else None, classes)
+    summary = _summary(metrics, classes, evaluated, _figure_index(notes), skipped, config)
+    files[SUMMARY_MD] = summary.encode("utf-8")
     files[SKIPPED_TXT] = "".join(f"{p}\n" for p in skipped).encode("utf-8")
-
-    report_dir = Path(run_dir) / REPORT_DIRNAME
-    report_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, data in files.items():
-        atomic_write_bytes(report_dir / name, data)
-        written.append(report_dir / name)
-    # A figure left from an earlier report would contradict this summary.
-    for name in notes:
-        (report_dir / name).unlink(missing_ok=True)
-    return written
+    return _replace_files(Path(run_dir) / REPORT_DIRNAME, files, stale=notes)
