@@ -17,7 +17,7 @@ its packaged ImageNet weights, the built-in photos):
 * accuracy on a harder task (the built-in digits, 1,797 images at 64 px, far from
   ImageNet), where the photos' 100% leaves no room for a difference to show.
 
-Times are wall-clock seconds of the whole ``finetune.training.run`` (data, model, training,
+Times are wall-clock seconds of the whole ``finetune.training.runner`` (data, model, training,
 evaluation, report). Prints Markdown tables and writes benchmarks/results/linear_cache.json.
 """
 

@@ -5,7 +5,7 @@
     python benchmarks/scaling.py --quick            # 100, 200, 400 images
 
 ``linear`` starts each size from an empty feature cache (the extraction is the cost that
-grows with N). Two times per run: ``wall_s`` (the whole ``finetune.training.run``: start-up,
+grows with N). Two times per run: ``wall_s`` (the whole ``finetune.training.runner``: start-up,
 training, evaluation on val and test, report) and ``train_time_s`` (feature extraction and
 training only). Constant start-up costs pull the exponent of ``wall_s`` below 1 at small N,
 so the script also fits ``wall_s = fixed + per_image * N`` and reports the exponent of

@@ -24,7 +24,7 @@ from _hostile import BROKEN, ODD_VALID, write_bomb, write_broken, write_odd_vali
 from click.testing import CliRunner
 from PIL import ImageFile
 
-import finetune.training.run as train_mod
+import finetune.training.runner as train_mod
 from finetune.cli import main
 from finetune.config import RunConfig
 from finetune.data import DataError

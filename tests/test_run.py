@@ -119,7 +119,7 @@ def test_partial_and_lp_ft_run_end_to_end(tmp_path, photos_dir):
 
 
 def test_class_weights_turn_on_for_high_imbalance():
-    from finetune.training.run import class_weights_for
+    from finetune.training.runner import class_weights_for
 
     assert class_weights_for(RunConfig(), [30, 20, 12]) is None  # 2.5:1 -> plain loss
     weights = class_weights_for(RunConfig(), [40, 10, 10])  # 4:1 -> balanced weights

@@ -1,6 +1,7 @@
 """Training: a run's phases on Lightning, and the linear-probe fast path.
 
-* ``run``: ``finetune run`` from configuration to run folder, and ``finetune evaluate``;
+* ``runner``: ``finetune run``, from configuration to run folder; ``evaluate``: ``finetune
+  evaluate`` on a finished run;
 * ``module`` and ``trainer``: the LightningModule of one phase and the Trainer it runs in;
 * ``checkpointing``: atomic checkpoint writes, safe loads, what a resume continues;
 * ``features``, ``feature_cache`` and ``head_fit``: a frozen backbone's pooled features,
@@ -8,6 +9,7 @@
 * ``distributed``: which DDP rank this process is.
 """
 
-from .run import RunResult, evaluate_run, run
+from .evaluate import evaluate_run
+from .runner import RunResult, run
 
 __all__ = ["RunResult", "evaluate_run", "run"]

@@ -1,0 +1,402 @@
+"""``finetune run``: configuration in, run folder out (its layout: finetune/run_folder.py).
+
+    result = run(resolve_config(data="my_images", strategy="lp-ft"))
+
+The run is three steps, each a function below:
+
+1. ``prepare``: the data split, the backbone with its weights, ``auto`` resolved into a
+   strategy, the strategy's phases; the run folder gets ``config.yaml`` and ``splits.json``.
+2. ``train_phase``, once per phase: a head on cached features (fitted with AdamW epochs
+   or L-BFGS), or stages of the backbone on Lightning; each phase starts from the weights
+   that were best on validation in the one before.
+3. ``finish``: validation and test metrics of the best weights, ``metrics.json`` and the
+   report.
+
+Under DDP every rank runs all three; only global rank 0 writes the run folder, evaluates
+and reports. The other ranks split the data identically (same seed) and train.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..config import RunConfig, save_config
+from ..data import DataSplits, FinetuneDataModule, discover, load_splits, resolve_data, save_splits
+from ..evaluation import classification_metrics, write_report
+from ..io import atomic_write_json
+from ..models import Backbone, load_state_dict_file, load_weights
+from ..recommend import resolve_auto
+from ..run_folder import (
+    CHECKPOINTS,
+    CONFIG,
+    METRICS,
+    SPLITS,
+    RunError,
+    build_model,
+    check_run_dir,
+    default_run_dir,
+)
+from ..strategies import Phase, plan
+from .checkpointing import check_resume_data, resume_start, saved_history
+from .distributed import global_rank
+from .feature_cache import feature_splits
+from .features import predict_probs
+from .head_fit import check_linear_head, fit_logistic_head
+from .module import FinetuneModule, count_trainable
+from .trainer import build_trainer, eval_batch_size_for, num_workers, quiet_lightning, select_device
+
+log = logging.getLogger("finetune")
+
+# Above this max/min ratio of class counts, class_weights=auto weights the loss by class.
+IMBALANCE_THRESHOLD = 3.0
+# Below this input size the 32x-downsampling backbones have no spatial extent left.
+MIN_IMAGE_SIZE = 32
+# docs/design.md's metrics.json keys, in its order; the extras follow.
+_METRICS_FIRST = ("backbone", "strategy", "num_classes", "trainable_params", "total_params",
+                  "train_time_s", "images_per_s", "val", "test", "skipped_files")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict  # empty on DDP ranks other than 0, which evaluate and write nothing
+    is_global_zero: bool = True
+
+
+@dataclass
+class Prepared:
+    """What ``prepare`` settled before any training: fixed for the rest of the run."""
+
+    cfg: RunConfig  # with ``auto`` resolved into the recommended strategy
+    run_dir: Path
+    data_path: Path
+    splits: DataSplits
+    model: Backbone
+    weights_source: str  # where the pretrained weights came from, before any checkpoint
+    phases: list[Phase]
+    image_size: int
+    class_weights: torch.Tensor | None
+    device: torch.device
+    rank0: bool
+    recommended: bool  # the strategy came from ``auto``
+
+    def checkpoint_dir(self, index: int) -> Path:
+        """The final phase's checkpoints in ``checkpoints/``, earlier ones in a sub-folder."""
+        root = self.run_dir / CHECKPOINTS
+        return root if index == len(self.phases) - 1 else root / self.phases[index].name
+
+
+@dataclass
+class Progress:
+    """What the phases accumulate for ``metrics.json``."""
+
+    world_size: int
+    history: list[dict] = field(default_factory=list)  # one row per epoch, every phase
+    head_fits: list[dict] = field(default_factory=list)  # L-BFGS fits of cached-feature heads
+    images_trained: int = 0
+    features: dict[str, Dataset] | None = None  # pooled features per split, once computed
+    extraction_s: float = 0.0
+    cache_hits: dict[str, bool] = field(default_factory=dict)
+    module: FinetuneModule | None = None  # the last phase's module
+    datamodule: FinetuneDataModule | None = None
+
+
+# ---------------------------------------------------------------------- the run
+def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+        progress: bool = True) -> RunResult:
+    """Train ``cfg`` into its run folder and evaluate it; ``resume`` continues the latest
+    checkpoint there, ``overwrite`` replaces an earlier run."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    prep = prepare(cfg, resume=resume, overwrite=overwrite)
+    progress = progress and prep.rank0
+    state = Progress(world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's
+    start = time.perf_counter()
+    # A resume continues the latest phase with a checkpoint; earlier phases finished (lp-ft's
+    # probe is not redone: the later checkpoint holds the whole model).
+    ckpt_dirs = [prep.checkpoint_dir(i) for i in range(len(prep.phases))]
+    first_phase = resume_start(ckpt_dirs) if resume else 0
+    for i, phase in enumerate(prep.phases):
+        if i < first_phase:
+            log.info("Phase '%s' finished before the interruption; not redone.", phase.name)
+            state.history.extend(saved_history(ckpt_dirs[i]))
+            continue
+        train_phase(prep, phase, ckpt_dirs[i], state, resume=resume, progress=progress)
+    train_time = time.perf_counter() - start
+    if not prep.rank0:
+        return RunResult(run_dir=prep.run_dir, metrics={}, is_global_zero=False)
+    metrics = finish(prep, state, train_time, progress=progress)
+    return RunResult(run_dir=prep.run_dir, metrics=metrics)
+
+
+# ---------------------------------------------------------------------- 1. prepare
+def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Prepared:
+    """Check the run folder, split the data, build the backbone, resolve ``auto``, plan the
+    phases, and write ``config.yaml`` and ``splits.json`` (rank 0)."""
+    rank0 = global_rank() == 0
+    run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    if rank0:
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    data_path = resolve_data(cfg.data)
+    splits = _splits(cfg, data_path, run_dir / SPLITS, resume=resume)
+
+    model = build_model(cfg, len(splits.classes))
+    weights_source = model.weights_source  # loading the best checkpoint later overwrites it
+    log.info("Backbone %s: weights from %s.", model.variant, weights_source)
+    recommended = cfg.strategy == "auto"
+    if recommended:
+        # The recommender measures the checkpoint on train + val and picks the strategy;
+        # flags the user gave win. recommendation.json goes to the run folder.
+        cfg, _ = resolve_auto(cfg, splits, model, run_dir, resume=resume, write=rank0)
+    phases = plan(cfg, model)
+    image_size = cfg.image_size or model.pretrained_cfg.image_size
+    _check_image_size(model, image_size)
+
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_splits(splits, run_dir / SPLITS)
+        save_config(cfg, run_dir / CONFIG)
+    class_weights = class_weights_for(cfg, splits.counts("train"))
+    device = select_device(cfg)
+    if device.type == "cuda":
+        # NHWC lets cuDNN use tensor-core kernels without layout transposes (bf16 mixed).
+        model = model.to(memory_format=torch.channels_last)
+    return Prepared(cfg=cfg, run_dir=run_dir, data_path=data_path, splits=splits, model=model,
+                    weights_source=weights_source, phases=phases, image_size=image_size,
+                    class_weights=class_weights, device=device, rank0=rank0,
+                    recommended=recommended)
+
+
+def _splits(cfg: RunConfig, data_path: Path, splits_path: Path, *, resume: bool) -> DataSplits:
+    """The split saved in the run folder on ``--resume``, else a fresh seeded one."""
+    if resume and splits_path.is_file():
+        splits = load_splits(splits_path)
+        check_resume_data(splits, data_path)  # classes changed: explained, never re-indexed
+    else:
+        splits = discover(data_path, val_fraction=cfg.val_fraction,
+                          test_fraction=cfg.test_fraction, seed=cfg.seed)
+    log.info("Data %s: %d classes; train %d, val %d, test %d images; %d files skipped.",
+             data_path, len(splits.classes), len(splits.train), len(splits.val),
+             len(splits.test), len(splits.skipped))
+    if not splits.train:
+        raise RunError(f"No training images in '{data_path}'.")
+    return splits
+
+
+def class_weights_for(cfg: RunConfig, counts: list[int]) -> torch.Tensor | None:
+    """sklearn's "balanced" weights n / (C * count_c), when asked or when imbalance is high."""
+    present = [c for c in counts if c > 0]
+    ratio = max(present) / min(present)
+    if cfg.class_weights == "off" or (cfg.class_weights == "auto" and ratio <= IMBALANCE_THRESHOLD):
+        return None
+    counts_t = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+    weights = counts_t.sum() / (len(counts) * counts_t)
+    log.info("Class imbalance %.1f:1 -> class-weighted loss (weights %.2f..%.2f).",
+             ratio, weights.min().item(), weights.max().item())
+    return weights
+
+
+def _check_image_size(model: Backbone, image_size: int) -> None:
+    if image_size < MIN_IMAGE_SIZE:
+        raise RunError(
+            f"--image-size {image_size} is too small for '{model.variant}' (it downsamples "
+            f"32x); use at least {MIN_IMAGE_SIZE}, ideally its pretrained size "
+            f"{model.pretrained_cfg.image_size}."
+        )
+
+
+# ---------------------------------------------------------------------- 2. train
+def train_phase(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *,
+                resume: bool, progress: bool) -> None:
+    """Train one phase into ``ckpt_dir`` and leave the model at its best-on-val weights."""
+    cfg, model = prep.cfg, prep.model
+    dm = _datamodule(prep, phase)
+    state.datamodule = dm
+    if phase.feature_cache and state.features is None:
+        state.features, state.extraction_s, state.cache_hits = feature_splits(
+            model, dm, cfg, prep.device, progress)
+    module = FinetuneModule(model, phase, cfg, classes=prep.splits.classes,
+                            class_weights=prep.class_weights)
+    state.module = module
+    if phase.feature_cache and cfg.head_fit == "lbfgs":
+        _fit_head_lbfgs(prep, phase, ckpt_dir, state)
+        return
+    log.info("%s", phase.describe(model))
+    if cfg.compile and not phase.feature_cache:
+        # In place (nn.Module.compile): parameter names, and so checkpoints and
+        # exports, stay those of the plain model. Compiled once, on first use.
+        model.compile()
+    best = _fit(prep, phase, ckpt_dir, state, resume=resume, progress=progress)
+    if best:
+        # Evaluate (and start the next phase from) the weights that were best on val.
+        load_weights(model, load_state_dict_file(best), f"checkpoint {best}")
+
+
+def _datamodule(prep: Prepared, phase: Phase) -> FinetuneDataModule:
+    cfg = prep.cfg
+    dm = FinetuneDataModule(
+        prep.splits, prep.model.pretrained_cfg, image_size=prep.image_size,
+        augment=phase.augment, batch_size=cfg.batch_size,
+        eval_batch_size=eval_batch_size_for(cfg.batch_size, prep.device),
+        num_workers=num_workers(cfg), seed=cfg.seed, hflip=cfg.hflip,
+        normalize_on_device=prep.device.type == "cuda",
+        # A head on cached features never reads the images again: nothing to cache.
+        image_cache=cfg.image_cache and not phase.feature_cache,
+        image_cache_dir=cfg.image_cache_dir,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def _loaders(prep: Prepared, phase: Phase, state: Progress) -> tuple[DataLoader, DataLoader]:
+    """Batches of cached features for a head-only phase, else augmented images."""
+    if not phase.feature_cache:
+        return state.datamodule.train_dataloader(), state.datamodule.val_dataloader()
+    # ddp_spawn pickles the loaders into new processes, which a torch.Generator cannot
+    # enter; there Lightning's DistributedSampler shuffles from the seed anyway.
+    spawn = prep.cfg.distributed == "ddp_spawn"
+    generator = None if spawn else torch.Generator().manual_seed(prep.cfg.seed)
+    train = DataLoader(state.features["train"], batch_size=prep.cfg.batch_size, shuffle=True,
+                       generator=generator)
+    return train, DataLoader(state.features["val"], batch_size=1024)
+
+
+def _fit(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *, resume: bool,
+         progress: bool) -> str | None:
+    """Lightning's fit of one phase (resumed from its last.ckpt where there is one);
+    returns the best-on-val checkpoint, if validation ran."""
+    module, has_val = state.module, bool(prep.splits.val)
+    spawn = prep.cfg.distributed == "ddp_spawn"
+    train_loader, val_loader = _loaders(prep, phase, state)
+    ckpt_path = ckpt_dir / "last.ckpt"
+    resume_from = str(ckpt_path) if resume and ckpt_path.is_file() else None
+    if resume_from:
+        log.info("Resuming phase '%s' from %s.", phase.name, ckpt_path)
+    rows_before = len(saved_history(ckpt_dir)) if resume_from else 0
+    with quiet_lightning():
+        trainer, checkpoint = build_trainer(prep.cfg, phase, ckpt_dir, has_val=has_val,
+                                            progress=progress)
+        if spawn and not phase.feature_cache:
+            # Each spawned process builds its own loaders (their samplers hold a generator).
+            trainer.fit(module, datamodule=state.datamodule, ckpt_path=resume_from)
+        else:
+            trainer.fit(module, train_loader, val_loader if has_val else None,
+                        ckpt_path=resume_from)
+    if spawn:
+        # The fit ran in child processes: its history comes back through last.ckpt.
+        module.history = saved_history(ckpt_dir)
+        epochs = len(module.history) - rows_before
+        state.images_trained += epochs * len(train_loader.dataset)
+    else:
+        # Each DDP rank counted its own shard; the shards are equal (DistributedSampler).
+        state.images_trained += module.images_seen * trainer.world_size
+    state.world_size = trainer.world_size
+    state.history.extend(module.history)
+    return checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
+
+
+def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress) -> None:
+    """``--head-fit lbfgs``: the head as a logistic regression, C chosen on val; then
+    best.ckpt / last.ckpt written by Lightning as a trained phase would write them."""
+    module, features, has_val = state.module, state.features, bool(prep.splits.val)
+    classifier = module.model.get_classifier()
+    check_linear_head(classifier)
+    fit = fit_logistic_head(features["train"], features["val"] if has_val else None,
+                            num_classes=len(module.classes), class_weights=prep.class_weights,
+                            label_smoothing=prep.cfg.label_smoothing)
+    fit.apply_to(classifier)
+    chosen = fit.best_row()
+    module.history = [{"epoch": 0, "phase": phase.name, "lr": None, "C": fit.C,
+                       **{k: chosen[k] for k in ("train_loss", "train_accuracy", "val_loss",
+                                                 "val_accuracy") if k in chosen}}]
+    with quiet_lightning():
+        trainer, _ = build_trainer(prep.cfg, phase, ckpt_dir, has_val=has_val, progress=False)
+        # Nothing to fit step by step: attach the module as fit() would, so that Lightning
+        # (its CheckpointIO, rank-0-only saving) writes the checkpoints in the usual format.
+        trainer.strategy.connect(module)
+        module.trainer = trainer
+        for name in ("best.ckpt", "last.ckpt"):
+            trainer.save_checkpoint(ckpt_dir / name)
+    state.head_fits.append({"phase": phase.name, "method": "lbfgs", "C": fit.C,
+                            "time_s": round(fit.time_s, 3), "sweep": fit.sweep})
+    state.images_trained += len(features["train"])  # each through the backbone once
+    state.history.extend(module.history)
+
+
+# ---------------------------------------------------------------------- 3. finish
+def finish(prep: Prepared, state: Progress, train_time: float, *, progress: bool) -> dict:
+    """Evaluate the best weights on val and test; write ``metrics.json`` and the report."""
+    metrics = _evaluate(prep, state, progress=progress)
+    metrics.update(_run_facts(prep, state, train_time))
+    metrics = {**{k: metrics[k] for k in _METRICS_FIRST},
+               **{k: v for k, v in metrics.items() if k not in _METRICS_FIRST}}
+    atomic_write_json(prep.run_dir / METRICS, metrics)
+    write_report(prep.run_dir, metrics, state.history, prep.splits.classes,
+                 config=prep.cfg.to_dict())
+    return metrics
+
+
+def _evaluate(prep: Prepared, state: Progress, *, progress: bool) -> dict:
+    """Val and test metrics of the final (best-on-val) weights."""
+    out: dict[str, dict | None] = {}
+    for split in ("val", "test"):
+        if not getattr(prep.splits, split):
+            out[split] = None
+            continue
+        if state.features is not None and state.module.on_features:
+            loader = DataLoader(state.features[split], batch_size=1024)
+        else:
+            loader = state.datamodule.eval_dataloader(split)
+        probs, labels = predict_probs(state.module, loader, device=prep.device,
+                                      desc=f"evaluate {split}", progress=progress)
+        m = classification_metrics(labels.numpy(), probs.numpy(), prep.splits.classes)
+        if split == "val":
+            m = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
+        out[split] = m
+    return out
+
+
+def _run_facts(prep: Prepared, state: Progress, train_time: float) -> dict:
+    """Everything in ``metrics.json`` besides the evaluation: what ran, how long, on what."""
+    cfg, model, splits = prep.cfg, prep.model, prep.splits
+    facts = dict(
+        backbone=model.variant,
+        strategy=cfg.strategy,
+        num_classes=len(splits.classes),
+        classes=splits.classes,
+        trainable_params=count_trainable(model),
+        total_params=sum(p.numel() for p in model.parameters()),
+        train_time_s=round(train_time, 3),
+        feature_extraction_s=round(state.extraction_s, 3),
+        images_per_s=round(state.images_trained / train_time, 2) if train_time > 0 else 0.0,
+        image_size=prep.image_size,
+        weights_source=prep.weights_source,
+        phases=[{"name": p.name, "epochs": p.epochs, "lr": p.lr, "unfreeze": p.unfreeze,
+                 "augment": p.augment, "feature_cache": p.feature_cache} for p in prep.phases],
+        data={"path": str(prep.data_path), "train_counts": splits.counts("train")},
+        split_sizes={"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        class_weighted_loss=prep.class_weights is not None,
+        skipped_files=list(splits.skipped),
+    )
+    if prep.recommended:
+        facts["recommended_by"] = "auto"
+    if state.cache_hits:
+        facts["feature_cache"] = {"hits": state.cache_hits,
+                                  "extraction_s": round(state.extraction_s, 3)}
+    if state.head_fits:
+        facts["head_fit"] = state.head_fits[-1] if len(state.head_fits) == 1 else state.head_fits
+    if cfg.distributed != "auto" or cfg.num_nodes > 1:
+        facts["distributed"] = {"strategy": cfg.distributed, "num_nodes": cfg.num_nodes,
+                                "world_size": state.world_size}
+    return facts
+
+
+__all__ = ["IMBALANCE_THRESHOLD", "Prepared", "Progress", "RunResult", "class_weights_for",
+           "finish", "prepare", "run", "train_phase"]
