@@ -257,9 +257,9 @@ def main() -> None:
     loaders = [{"workers": w, "loader_images_per_s": round(loader_alone(
         splits, pretrained.pretrained_cfg, args.size, args.batch_size, w), 1)} for w in (0, 1, 2)]
     decode = [{"images": f"{args.size} px training crops", **decode_compare(sorted(Path(data).rglob("*.png"))[:120])}]
-    from finetune.data.builtin import PHOTO_SOURCES, _package_dir
+    from finetune.data.builtin import PHOTO_SOURCES, package_dir
 
-    photos = [_package_dir("skimage") / "data" / f for fs in PHOTO_SOURCES.values() for f in fs
+    photos = [package_dir("skimage") / "data" / f for fs in PHOTO_SOURCES.values() for f in fs
               if f.endswith(".png")]
     decode.append({"images": "scikit-image photos, 300-740 px", **decode_compare(photos)})
 

@@ -83,7 +83,7 @@ GLYPH_FONTS = (
 )
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
     """The installed package's folder, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -106,7 +106,7 @@ _Maker = Callable[[int | None, int, int], dict[str, list[np.ndarray]]]
 
 
 def _photos(per_class: int | None, seed: int, size: int) -> dict[str, list[np.ndarray]]:
-    data_dir = _package_dir("skimage") / "data"
+    data_dir = package_dir("skimage") / "data"
     n = per_class or DEFAULT_PER_CLASS["photos"]
     out: dict[str, list[np.ndarray]] = {}
     for name, files in sorted(PHOTO_SOURCES.items()):
@@ -163,7 +163,7 @@ def _digits(per_class: int | None, seed: int, size: int) -> dict[str, list[np.nd
 def matplotlib_fonts(names: tuple[str, ...], at_least: int) -> list[Path]:
     """The files of ``names`` (in that order) that matplotlib's installation ships in
     mpl-data/fonts/ttf; an error naming the fix when fewer than ``at_least`` are there."""
-    font_dir = _package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
+    font_dir = package_dir("matplotlib") / "mpl-data" / "fonts" / "ttf"
     fonts = [font_dir / f for f in names if (font_dir / f).is_file()]
     if len(fonts) < at_least:
         missing = [f for f in names if not (font_dir / f).is_file()]
