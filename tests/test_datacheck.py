@@ -1,4 +1,5 @@
-"""`finetune data check`: every planted fault found, named, and the exit code right."""
+"""`finetune data check`: every planted fault found, named, and the exit code right; the
+files and classes it calls usable are the ones `discover` gives `finetune run`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from finetune.cli import main
-from finetune.data import DataSplits, save_splits
+from finetune.data import DataError, DataSplits, discover, save_splits
 from finetune.data.check import check_data
 
 
@@ -28,6 +29,14 @@ def _pictures(folder: Path, n: int, seed: int) -> list[Path]:
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def _picture(path: Path, seed: int, fmt: str = "PNG") -> Path:
+    """A 40x40 random picture in ``fmt`` whatever the extension says (e.g. ``UPPER.JPG``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +226,179 @@ def test_odd_modes_decode_to_sensible_rgb(hostile):
     assert load_image(cat / "one_pixel.png").tolist() == [[[200, 10, 10]]]
     assert set(np.unique(load_image(cat / "onebit.png"))) <= {0, 255}
     assert len(ODD_VALID) == 7
+
+
+# ------------------------------------------------------- the same files as discover()
+def _tricky_class_folders(root: Path) -> dict:
+    """Class folders with every file discovery must sort out; returns what training uses."""
+    for i in range(3):
+        _picture(root / "cat" / f"{i}.png", seed=10 + i)
+        _picture(root / "dog" / f"{i}.png", seed=20 + i)
+    _picture(root / "cat" / "UPPER.JPG", seed=30, fmt="JPEG")
+    _picture(root / "cat" / "Mixed.Jpeg", seed=31, fmt="JPEG")
+    _picture(root / "cat" / "sub" / "deep.PNG", seed=32)  # nested folders belong to the class
+    _picture(root / "cat" / ".hidden.png", seed=33)  # hidden file: not data
+    _picture(root / "cat" / ".thumbs" / "t.png", seed=34)  # hidden folder inside a class
+    _picture(root / ".cache" / "x.png", seed=35)  # hidden folder: not a class
+    _picture(root / "stray.png", seed=36)  # beside the classes, in none
+    (root / "cat" / "notes.txt").write_text("not a picture")
+    _picture(root / "cat" / "photo.jpg.bak", seed=37)  # an image, but not by its extension
+    (root / "cat" / "html.png").write_text("<html>404</html>")  # an image by name only
+    (root / "dog" / "readme.md").write_text("about dogs")
+    (root / "empty").mkdir()
+    (root / "text_only").mkdir()
+    (root / "text_only" / "a.txt").write_text("no images")
+    return {
+        "layout": "class-folders",
+        "usable": {"cat": ["cat/0.png", "cat/1.png", "cat/2.png", "cat/Mixed.Jpeg",
+                           "cat/UPPER.JPG", "cat/sub/deep.PNG"],
+                   "dog": ["dog/0.png", "dog/1.png", "dog/2.png"]},
+        "splits": {"train"},
+        "not_images": ["cat/notes.txt", "cat/photo.jpg.bak", "dog/readme.md", "text_only/a.txt"],
+        "undecodable": ["cat/html.png"],
+        "empty": ["empty", "text_only"],
+    }
+
+
+def _tricky_split_folders(root: Path) -> dict:
+    """Split folders under aliases: training/, and valid/ beside validation/ (valid/ wins,
+    being the earlier alias); no test folder; a class folder empty in every split."""
+    for name, seed in (("a", 40), ("b", 50)):
+        for i in range(3):
+            _picture(root / "training" / name / f"{i}.png", seed=seed + i)
+        _picture(root / "valid" / name / "v.png", seed=seed + 5)
+        _picture(root / "validation" / name / "ignored.png", seed=seed + 6)
+    _picture(root / "valid" / "a" / ".h.png", seed=60)
+    _picture(root / "valid" / ".b_old" / "x.png", seed=61)  # hidden class folder
+    (root / "training" / "c").mkdir()  # a class with no images in any split
+    (root / "valid" / "c").mkdir()
+    _picture(root / "extras" / "q" / "1.png", seed=62)  # not a split folder
+    (root / "training" / "b" / "labels.csv").write_text("not,an,image")
+    return {
+        "layout": "split-folders",
+        "usable": {"a": ["training/a/0.png", "training/a/1.png", "training/a/2.png", "valid/a/v.png"],
+                   "b": ["training/b/0.png", "training/b/1.png", "training/b/2.png", "valid/b/v.png"]},
+        "splits": {"train", "val"},
+        "not_images": ["training/b/labels.csv"],
+        "undecodable": [],
+        "empty": ["c"],
+    }
+
+
+def _tricky_csv(root: Path) -> dict:
+    """A manifest with split aliases in any case, relative and absolute paths, a repeated
+    row, a blank line, a non-image row, an upper-case extension and a broken image."""
+    images = root / "images"
+    for i in range(6):
+        _picture(images / f"{i}.png", seed=70 + i)
+    _picture(images / "BIG.PNG", seed=80)
+    _picture(images / ".listed.png", seed=81)  # hidden, but named by the manifest: used
+    (images / "caption.txt").write_text("a caption")
+    (images / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    (images / "unlisted.png").write_bytes((images / "0.png").read_bytes())  # not in the CSV
+    rows = ["path,label,split", "images/0.png,x,Training", "images/1.png,x,train",
+            f"{images / '2.png'},y,train", "images/3.png,y,TRAIN", "images/BIG.PNG,x,valid",
+            "images/4.png,y,Validation", "", "images/5.png,y,test", "images/1.png,x,train",
+            "images/.listed.png,y,train", "images/caption.txt,x,train", "images/broken.jpg,x,test"]
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return {
+        "target": "manifest.csv",
+        "layout": "csv",
+        "usable": {"x": ["images/0.png", "images/1.png", "images/BIG.PNG"],
+                   "y": ["images/.listed.png", "images/2.png", "images/3.png", "images/4.png",
+                         "images/5.png"]},
+        "splits": {"train", "val", "test"},
+        "not_images": ["images/caption.txt"],
+        "undecodable": ["images/broken.jpg"],
+        "empty": [],
+    }
+
+
+JSON_KEYS = {"path", "layout", "ok", "problems", "warnings", "classes", "num_usable",
+             "empty_classes", "not_images", "undecodable", "decompression_bombs", "modes",
+             "unusual_modes", "tiny_images", "duplicates", "conflicting_duplicates",
+             "cross_split_duplicates"}
+
+
+@pytest.mark.parametrize("build", [_tricky_class_folders, _tricky_split_folders, _tricky_csv])
+def test_usable_files_and_classes_are_discovers(tmp_path, build):
+    expected = build(tmp_path)
+    target = tmp_path / expected.get("target", "")
+    report = check_data(target)
+    found = discover(target, val_fraction=0.0, test_fraction=0.0, seed=0)  # verified
+
+    from_discover = sorted((p, s, found.classes[y]) for s in ("train", "val", "test")
+                           for p, y in found.samples(s))
+    assert report.usable == from_discover
+    assert report.usable_classes() == found.classes == sorted(expected["usable"])
+    assert report.layout == found.source == expected["layout"]
+    assert report.ok and report.num_usable == len(from_discover)
+
+    def rel(paths) -> list[str]:
+        return sorted(Path(p).relative_to(tmp_path).as_posix() for p in paths)
+
+    for name, files in expected["usable"].items():
+        assert rel(p for p, _, c in report.usable if c == name) == sorted(files), name
+    assert {s for _, s, _ in report.usable} == expected["splits"]
+    skipped = [entry.rsplit(": ", 1)[0] if entry.endswith(": not an image") else entry
+               for entry in found.skipped]
+    assert rel(report.not_images) == expected["not_images"]
+    assert rel(e["path"] for e in report.undecodable) == expected["undecodable"]
+    assert sorted(skipped) == sorted(report.not_images + [f"{e['path']}: {e['reason']}"
+                                                         for e in report.undecodable])
+    assert report.empty_classes == expected["empty"]
+    assert set(report.to_json()) == JSON_KEYS  # usable stays out of the report
+
+
+def test_split_counts_follow_the_aliases(tmp_path):
+    """valid/ is read as val and validation/ is ignored, by both; test is cut from train."""
+    _tricky_split_folders(tmp_path)
+    report = check_data(tmp_path)
+    assert report.counts == {"a": {"train": 3, "val": 1}, "b": {"train": 3, "val": 1}}
+    found = discover(tmp_path, val_fraction=0.2, test_fraction=0.34, seed=1)
+    assert found.counts("val") == [1, 1]  # given by valid/, not cut from train
+    assert found.counts("test") == [1, 1] and found.counts("train") == [2, 2]  # round(3 * 0.34)
+
+
+def _one_class(root: Path) -> Path:
+    _pictures(root / "only", 3, seed=90)
+    (root / "empty").mkdir()
+    _picture(root / ".hidden" / "x.png", seed=91)  # a hidden folder is no second class
+    return root
+
+
+def _stranger_in_val(root: Path) -> Path:
+    _pictures(root / "train" / "a", 2, seed=92)
+    _pictures(root / "train" / "b", 2, seed=93)
+    (root / "train" / "zebra").mkdir()
+    _pictures(root / "val" / "zebra", 1, seed=94)
+    return root
+
+
+def _one_label_csv(root: Path) -> Path:
+    _pictures(root / "i", 2, seed=95)
+    (root / "m.csv").write_text("path,label\ni/0.png,x\ni/1.png,x\ni/1.png,x\n")
+    return root / "m.csv"
+
+
+def _only_empty_folders(root: Path) -> Path:
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    return root
+
+
+@pytest.mark.parametrize("build, layout, counts", [
+    (_one_class, "class-folders", {"only": {"train": 3}}),
+    (_stranger_in_val, "split-folders", {"a": {"train": 2}, "b": {"train": 2}, "zebra": {"val": 1}}),
+    (_one_label_csv, "csv", {"x": {"train": 2}}),
+    (_only_empty_folders, "", {}),
+])
+def test_refused_data_gives_discovers_reason_and_still_counts(tmp_path, build, layout, counts):
+    """What run refuses before decoding, the check refuses with run's own message, and
+    still shows the classes it found."""
+    target = build(tmp_path)
+    with pytest.raises(DataError) as refused:
+        discover(target, verify=False)
+    report = check_data(target)
+    assert report.problems == [str(refused.value)]
+    assert report.layout == layout and report.counts == counts
