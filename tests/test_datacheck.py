@@ -387,18 +387,19 @@ def _only_empty_folders(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("build, layout, counts", [
-    (_one_class, "class-folders", {"only": {"train": 3}}),
-    (_stranger_in_val, "split-folders", {"a": {"train": 2}, "b": {"train": 2}, "zebra": {"val": 1}}),
-    (_one_label_csv, "csv", {"x": {"train": 2}}),
-    (_only_empty_folders, "", {}),
+@pytest.mark.parametrize("build, layout, counts, fix", [
+    (_one_class, "class-folders", {"only": {"train": 3}}, "in its own subfolder"),
+    (_stranger_in_val, "split-folders", {"a": {"train": 2}, "b": {"train": 2}, "zebra": {"val": 1}},
+     "zebra appear in val"),
+    (_one_label_csv, "csv", {"x": {"train": 2}}, "at least two different labels"),
+    (_only_empty_folders, "", {}, "has 0 class(es)"),
 ])
-def test_refused_data_gives_discovers_reason_and_still_counts(tmp_path, build, layout, counts):
+def test_refused_data_gives_discovers_reason_and_still_counts(tmp_path, build, layout, counts, fix):
     """What run refuses before decoding, the check refuses with run's own message, and
     still shows the classes it found."""
     target = build(tmp_path)
     with pytest.raises(DataError) as refused:
         discover(target, verify=False)
     report = check_data(target)
-    assert report.problems == [str(refused.value)]
+    assert report.problems == [str(refused.value)] and fix in report.problems[0]
     assert report.layout == layout and report.counts == counts

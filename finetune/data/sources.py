@@ -385,11 +385,15 @@ def _usable_classes(per_class: dict[str, list[str]], where: Path) -> list[str]:
         )
     classes = sorted(name for name, paths in per_class.items() if paths)
     if len(classes) < 2:
+        if where.is_file():  # a CSV manifest: its labels are the classes
+            fix = "Give the training rows at least two different labels, e.g. cat and dog."
+        else:
+            fix = (f"Put the images of each class in its own subfolder, e.g. "
+                   f"{where}/cat/1.jpg and {where}/dog/1.jpg.")
         raise DataError(
             f"'{where}' has {len(classes)} class(es) with usable images"
             f"{' (' + ', '.join(classes) + ')' if classes else ''}; classification needs at "
-            f"least two. Put the images of each class in its own subfolder, e.g. "
-            f"{where}/cat/1.jpg and {where}/dog/1.jpg."
+            f"least two. {fix}"
         )
     return classes
 
