@@ -4,13 +4,14 @@
     print(report.format())          # or report.to_json()
     report.ok                       # False: report.problems says why training cannot run
 
-The data is listed by the functions ``finetune run`` lists it with (``sources.list_files``
-and ``sources.training_classes``, which ``discover`` splits) and every file is decoded
-exactly as training decodes it (``images.load_image``), so a file this check calls usable
-is one training uses, and a file it calls broken is one training skips. On top of that it reports what training tolerates but a person should know:
-empty class folders, files that are not images, unusual colour modes and how they are
-converted, tiny images, exact duplicate files (by content hash) and duplicates that sit in
-different splits (test images leaking into training).
+The files and classes come from the functions that list them for ``finetune run``
+(``sources.list_files`` and ``sources.training_classes``; ``discover`` splits what they
+list), and every file is decoded exactly as training decodes it (``images.load_image``),
+so a file this check calls usable is one training uses, and a file it calls broken is one
+training skips. On top of that it reports what training tolerates but a person should
+know: empty class folders, files that are not images, unusual colour modes and how they
+are converted, tiny images, exact duplicate files (by content hash) and duplicates that
+sit in different splits (test images leaking into training).
 
 Training can proceed (``ok``) when at least two classes have usable training images and
 every class with val / test images also has training images; everything else is a warning.
