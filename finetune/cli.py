@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .config import AUGMENT_CHOICES, DISTRIBUTED, HEAD_FITS, STRATEGIES, ConfigError
+from .deploy.formats import format_names, get_format
 
 log = logging.getLogger("finetune")
 
@@ -268,20 +269,25 @@ def data_check(path: Path, splits_file: Path | None, min_size: int, as_json: boo
         sys.exit(1)
 
 
-# Literal here so that `finetune --help` does not import torch; test_export checks it
-# against finetune.deploy.export.FORMATS.
-EXPORT_FORMATS = ("onnx", "torchscript", "safetensors")
+def _export_help() -> tuple[str, str]:
+    """--format's and --opset's help, from the registered formats (finetune/deploy/formats/)."""
+    specs = [get_format(name) for name in format_names()]
+    fmt = "; ".join(f"{s.name}: {s.help}" for s in specs) + "."
+    opset = ", ".join(f"{s.name} only, default {s.default_opset}" for s in specs
+                      if s.default_opset is not None)
+    return fmt, f"Opset version ({opset or 'no format takes one'})."
+
+
+_FORMAT_HELP, _OPSET_HELP = _export_help()
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), required=True,
-              help="onnx (onnxruntime, dynamic batch), torchscript (torch.jit, dynamic batch) "
-              "or safetensors (weights that reload as the backbone, and as the timm model).")
+@click.option("--format", "fmt", type=click.Choice(format_names()), required=True,
+              help=_FORMAT_HELP)
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
               help="Export folder.  [default: RUN_DIR/model/<format>]")
-@click.option("--opset", type=click.IntRange(min=7),
-              help="ONNX opset (onnx only).  [default: 17]")
+@click.option("--opset", type=click.IntRange(min=7), help=_OPSET_HELP)
 @click.option("--half", is_flag=True,
               help="float16 weights and input; parity bounds 1e-2 (probabilities) and 5e-2 "
               "(logits) instead of 1e-4 and 1e-3.")

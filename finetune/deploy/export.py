@@ -3,8 +3,8 @@
     finetune export runs/photos-efficientnet_lite0-linear --format onnx
     -> runs/photos-efficientnet_lite0-linear/model/onnx/{model.onnx, model.json}
 
-An export is a folder: the model file (``model.onnx``, ``model.pt`` or
-``model.safetensors``) and ``model.json``, which holds the labels in index order, the
+An export is a folder: the model file (named by its format: ``finetune.deploy.formats``
+holds one module per format, with its writer and loader) and ``model.json``, which holds the labels in index order, the
 backbone, the strategy, the run's metrics, the input and output tensors, and the
 preprocessing as data (``preprocess_spec`` plus the exact resize, crop and rounding
 rules) so that any runtime can feed the model what evaluation fed it.
@@ -12,10 +12,10 @@ rules) so that any runtime can feed the model what evaluation fed it.
 Parity before success: the exported model, fed through what ``model.json`` says
 (``finetune.load``), and the run's PyTorch model, fed through the evaluation pipeline,
 classify real images from the run's test split at batch 1 and at batch 7. The largest
-absolute difference in probabilities must stay within ``TOLERANCE`` (float32) or
-``HALF_TOLERANCE`` (``half=True``), and that in logits within ``LOGIT_TOLERANCE``
-(``HALF_LOGIT_TOLERANCE``) times the largest logit, or the export fails and leaves
-nothing behind.
+absolute difference in probabilities must stay within the format's tolerance
+(``TOLERANCE`` in float32, ``HALF_TOLERANCE`` with ``half=True``, unless the format sets
+its own), and that in logits within ``LOGIT_TOLERANCE`` (``HALF_LOGIT_TOLERANCE``) times
+the largest logit, or the export fails and leaves nothing behind.
 
 Atomic: everything is written to a hidden temporary folder next to the destination,
 which is renamed into place only after parity passed; a failure or an interruption
@@ -31,43 +31,40 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..data import load_image
 from ..data.transforms import build_transform, jpeg_draft_size, preprocess_spec
 from ..io import atomic_write_json
-from ..models import TIMM_PREFIX, Backbone
+from ..models import Backbone
 from ..run_folder import load_run_model
-from .predict import MODEL_FILES, MODEL_JSON, load_export
+from .formats import (
+    FLOAT16,
+    FLOAT32,
+    INPUT_NAME,
+    MODEL_JSON,
+    OUTPUT_NAME,
+    ExportError,
+    ExportFormat,
+    ExportOptions,
+    get_format,
+)
+from .predict import load_export
 
 log = logging.getLogger("finetune")
 
-FORMATS = tuple(MODEL_FILES)  # ("onnx", "torchscript", "safetensors")
-DEFAULT_OPSET = 17  # supported by every maintained ONNX runtime; --opset to change
-# float32 everywhere: the formats compute the same arithmetic in a different order, which
-# moves probabilities by ~1e-7; 1e-4 leaves room for that and for nothing else.
-TOLERANCE = 1e-4
-# Probabilities saturate: a confident model can give 0.99999999 with a wrong mean as well
-# as with the right one. Logits do not, so they are checked too, relative to the largest
-# logit (at least 1): a wrong mean moves them by ~10 %, float32 reordering by ~1e-6.
-LOGIT_TOLERANCE = 1e-3
-# --half: float16 keeps ~3 significant digits in every weight and activation, so
-# probabilities move by up to ~1e-3 and logits by ~1 % on ordinary images; these bounds
-# still catch a wrong mean, a channel swap or a broken layer.
-HALF_TOLERANCE = 1e-2
-HALF_LOGIT_TOLERANCE = 5e-2
+# The default bounds (finetune/deploy/formats/_spec.py says why these values).
+TOLERANCE, LOGIT_TOLERANCE = FLOAT32
+HALF_TOLERANCE, HALF_LOGIT_TOLERANCE = FLOAT16
 PARITY_BATCH_SIZES = (1, 7)
 # Traced and exported at batch 2, checked at 1 and 7: a batch size baked into the graph
 # (a reshape with a constant) fails parity instead of shipping.
 EXAMPLE_BATCH = 2
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 # How evaluation resizes (albumentations' SmallestMaxSize + CenterCrop on OpenCV), stated
 # so that a runtime without OpenCV can reproduce it; docs/export.md has a numpy version.
@@ -90,10 +87,6 @@ STEPS = (
     "crop: see crop_rule",
     "normalise: see normalize_rule; stack into a (B, 3, crop, crop) batch",
 )
-
-
-class ExportError(ValueError):
-    """An export that cannot be made or failed its parity check; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +140,7 @@ def export_run(
     """Export a run's best model to ``output`` (default ``RUN_DIR/model/<format>``)."""
 
     run_dir = Path(run_dir)
-    _check_format(format, opset)
+    _export_format(format).options(half=half, opset=opset)  # before the run is read
     model, cfg, splits = load_run_model(run_dir)  # weights_only=True: a code pickle is refused
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -188,7 +181,8 @@ def export_model(
     """Export ``model`` (a backbone with its trained head; moved to the CPU, eval mode) and
     check parity on ``images`` (real image files, at least one; reused cyclically up to
     batch 7)."""
-    _check_format(format, opset)
+    spec = _export_format(format)
+    options = spec.options(half=half, opset=opset)
     if len(labels) != model.num_classes:
         raise ExportError(f"{len(labels)} labels for a model with {model.num_classes} outputs; "
                           f"pass one label per class, in index order.")
@@ -210,20 +204,14 @@ def export_model(
         exported = copy.deepcopy(model).half() if half else model
         example = _eval_batch(model, images[:EXAMPLE_BATCH], image_size)
         example = example.half() if half else example
-        model_file = tmp / MODEL_FILES[format]
-        if format == "onnx":
-            _write_onnx(exported, model_file, example, opset or DEFAULT_OPSET)
-        elif format == "torchscript":
-            _write_torchscript(exported, model_file, example)
-        else:
-            _write_safetensors(exported, model_file)
+        spec.write(exported, tmp / spec.model_file, example, options)
         metadata = build_metadata(model, labels=labels, image_size=image_size, format=format,
-                                  half=half, opset=opset or DEFAULT_OPSET, info=info)
+                                  half=half, opset=options.opset, info=info)
         atomic_write_json(tmp / MODEL_JSON, metadata)
 
+        bounds = spec.parity_tolerances(half)
         parity = check_parity(model, tmp, images, image_size=image_size, images_desc=desc,
-                              tolerance=HALF_TOLERANCE if half else TOLERANCE,
-                              logit_tolerance=HALF_LOGIT_TOLERANCE if half else LOGIT_TOLERANCE)
+                              tolerance=bounds.probability, logit_tolerance=bounds.logit)
         metadata["parity"] = parity.to_json()
         atomic_write_json(tmp / MODEL_JSON, metadata)
         if not parity.passed:
@@ -242,7 +230,7 @@ def export_model(
                 break
         raise
     log.info("Exported %s to %s; parity: %s", format, dest, parity.describe())
-    return ExportResult(path=dest, format=format, model_file=dest / MODEL_FILES[format],
+    return ExportResult(path=dest, format=format, model_file=dest / spec.model_file,
                         parity=parity, metadata=metadata)
 
 
@@ -265,17 +253,19 @@ def parity_images(splits, n: int = max(PARITY_BATCH_SIZES)) -> tuple[list[Path],
 
 
 def build_metadata(model: Backbone, *, labels: Sequence[str], image_size: int, format: str,
-                   half: bool, opset: int, info: dict | None = None) -> dict:
-    """The content of ``model.json`` (docs/export.md describes every field)."""
+                   half: bool, opset: int | None = None, info: dict | None = None) -> dict:
+    """The content of ``model.json`` (docs/export.md describes every field); the format
+    adds its own fields after ``half``."""
     import albumentations
     import cv2
 
+    export_format = _export_format(format)
     spec = preprocess_spec(model.pretrained_cfg, image_size)
     crop = spec["crop"]
     dtype = "float16" if half else "float32"
     meta: dict = {
         "format": format,
-        "model_file": MODEL_FILES[format],
+        "model_file": export_format.model_file,
         "labels": list(labels),
         "num_classes": len(labels),
         "backbone": model.variant,
@@ -295,19 +285,8 @@ def build_metadata(model: Backbone, *, labels: Sequence[str], image_size: int, f
         },
         "half": half,
     }
-    if format == "onnx":
-        meta["opset"] = opset
-    if format == "safetensors":
-        timm_name = model.variant[len(TIMM_PREFIX):] if model.variant.startswith(TIMM_PREFIX) else None
-        meta["weights"] = {
-            "keys": "timm" if timm_name else "finetune",
-            "timm_model": timm_name,
-            "dtype": dtype,
-            "load": (f"timm.create_model({timm_name!r}, num_classes={len(labels)}) + load_state_dict"
-                     if timm_name else
-                     f"finetune.create_backbone({model.variant!r}, num_classes={len(labels)}) + "
-                     f"finetune.models.load_weights"),
-        }
+    if export_format.metadata is not None:
+        meta.update(export_format.metadata(model, ExportOptions(half=half, opset=opset)))
     for key in ("metrics", "run"):
         if info and key in info:
             meta[key] = info[key]
@@ -351,62 +330,11 @@ def _eval_batch(model: Backbone, images: Sequence[Path], image_size: int) -> tor
     return torch.stack([transform(image=load_image(p, draft_size=draft))["image"] for p in images])
 
 
-def _write_onnx(model: Backbone, path: Path, example: torch.Tensor, opset: int) -> None:
-    import onnx
-
-    with warnings.catch_warnings(), torch.no_grad():
-        # TracerWarnings: TF-"same" padding reads the input's height and width, which the
-        # export fixes (only the batch axis is dynamic), so the traced constants are right.
-        # The dynamo exporter needs onnxscript, which is not a dependency; the TorchScript-
-        # based one handles these CNNs, and parity checks its output.
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                do_constant_folding=True,
-            )
-        except (RuntimeError, ValueError) as err:
-            if not path.exists() and "opset" in str(err).lower():
-                raise ExportError(f"--opset {opset} is not supported by this PyTorch's ONNX "
-                                  f"exporter ({err}). Try --opset {DEFAULT_OPSET}.") from err
-            raise
+def _export_format(name: str) -> ExportFormat:
     try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except onnx.checker.ValidationError as err:
-        raise ExportError(f"The ONNX model fails onnx.checker (full check): {err}") from err
-
-
-def _write_torchscript(model: Backbone, path: Path, example: torch.Tensor) -> None:
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TracerWarnings as for ONNX; "jit is deprecated"
-        # Tracing, not scripting: torch.jit.script is deprecated and cannot compile modules
-        # that carry dataclasses (the pretrained config). check_trace would retrace at the
-        # same batch size; parity checks at two others instead. _store_inputs=False keeps
-        # the example images (real data) out of the archive.
-        traced = torch.jit.trace(model, example, check_trace=False, _store_inputs=False)
-        torch.jit.save(traced, str(path))
-
-
-def _write_safetensors(model: Backbone, path: Path) -> None:
-    state = model.state_dict()
-    if model.variant.startswith(TIMM_PREFIX):
-        # timm's own keys, so the file loads into timm.create_model(...) as is;
-        # TimmBackbone.adapt_state_dict maps them back when finetune loads it.
-        prefix = "model."
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    # Cloned: safetensors refuses tensors that share memory, which a state_dict may hold.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={"format": "pt", "backbone": model.variant,
-                                             "num_classes": str(model.num_classes)})
-
-
-def _check_format(format: str, opset: int | None) -> None:
-    if format not in FORMATS:
-        raise ExportError(f"Unknown export format '{format}'. Valid formats: {', '.join(FORMATS)}.")
-    if opset is not None and format != "onnx":
-        raise ExportError(f"--opset applies to the onnx format only, not {format}; drop it.")
+        return get_format(name)
+    except ValueError as err:
+        raise ExportError(str(err)) from None
 
 
 def _check_destination(dest: Path, overwrite: bool) -> None:
@@ -450,8 +378,6 @@ def _move_into_place(tmp: Path, dest: Path) -> None:
 
 
 __all__ = [
-    "DEFAULT_OPSET",
-    "FORMATS",
     "HALF_LOGIT_TOLERANCE",
     "HALF_TOLERANCE",
     "LOGIT_TOLERANCE",

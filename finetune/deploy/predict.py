@@ -12,17 +12,16 @@ crop, normalisation). An export carries that pipeline as data (``model.json``,
 ``preprocessing``); a run folder derives it from its backbone's pretrained config with
 ``preprocess_spec``, as evaluation does.
 
-Loading is safe: weights come from safetensors or ``torch.load(weights_only=True)``, and a
-checkpoint that would need arbitrary code to unpickle is refused (``UnsafeCheckpointError``).
-TorchScript archives are read by ``torch.jit.load``, whose unpickler builds TorchScript
-types only: an archive naming any other Python callable is refused the same way.
+An export folder is read by its format's loader (``finetune.deploy.formats``), chosen by
+``model.json``'s ``format``. Loading is safe: a run's checkpoint is read with
+``torch.load(weights_only=True)``, and a checkpoint that would need arbitrary code to
+unpickle is refused (``UnsafeCheckpointError``); each format's loader refuses the same way.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,22 +32,11 @@ from PIL import Image
 from ..data import ImageDecodeError, is_image_file, load_image
 from ..data.images import _apply_exif_orientation, _to_rgb
 from ..data.transforms import build_transform, resolve_sizes
-from ..models import (
-    Backbone,
-    PretrainedCfg,
-    UnsafeCheckpointError,
-    create_backbone,
-    load_state_dict_file,
-    load_weights,
-)
+from ..models import Backbone, PretrainedCfg
 from ..run_folder import load_run_model
-
-MODEL_JSON = "model.json"
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.pt", "safetensors": "model.safetensors"}
+from .formats import MODEL_JSON, Forward, format_names, get_format, torch_forward
 
 ImageInput = str | Path | Image.Image | np.ndarray
-# (B, 3, S, S) float32 normalised batch -> (B, C) float32 logits
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Prediction(NamedTuple):
@@ -121,7 +109,7 @@ class Predictor:
         self._forward = forward
         self.labels = list(labels)
         self.preprocessing = dict(preprocessing)
-        self.kind = kind  # "run", "onnx", "torchscript" or "safetensors"
+        self.kind = kind  # "run", or the export format's name
         self.source = Path(source)
         self.info = dict(info or {})
         cfg = pretrained_cfg_from_spec(self.preprocessing)
@@ -189,8 +177,8 @@ def _as_list(images) -> tuple[list, bool]:
 # ---------------------------------------------------------------------- loading
 def load(path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
     """A ``Predictor`` for a run folder (``finetune run``) or an export folder (``finetune
-    export``; a file inside one works too). ``device`` applies to the PyTorch formats
-    (run, torchscript, safetensors); ONNX runs on onnxruntime's CPU provider."""
+    export``; a file inside one works too). ``device`` applies to run folders and to the
+    formats that run in PyTorch; a format with its own runtime says what it runs on."""
     path = Path(path).expanduser()
     if path.is_file() and (path.parent / MODEL_JSON).is_file():
         path = path.parent
@@ -212,7 +200,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Pred
     model, cfg, splits = load_run_model(run_dir)
     spec = preprocess_spec(model.pretrained_cfg, cfg.image_size or model.pretrained_cfg.image_size)
     info = {"backbone": model.variant, "strategy": cfg.strategy}
-    return Predictor(_torch_forward(model, device), labels=splits.classes, preprocessing=spec,
+    return Predictor(torch_forward(model, device), labels=splits.classes, preprocessing=spec,
                      kind="run", source=run_dir, info=info)
 
 
@@ -225,90 +213,41 @@ def read_model_json(folder: str | Path) -> dict:
     missing = [k for k in ("format", "labels", "backbone", "preprocessing") if k not in meta]
     if missing:
         raise ValueError(f"'{path}' lacks {', '.join(missing)}: it was not written by `finetune export`.")
-    if meta["format"] not in MODEL_FILES:
-        raise ValueError(f"'{path}' names format {meta['format']!r}; valid: {', '.join(MODEL_FILES)}.")
+    try:
+        get_format(meta["format"])
+    except ValueError as err:
+        raise ValueError(f"'{path}': {err} Export the run again with this version of finetune, "
+                         f"or install the version that wrote it.") from None
     return meta
 
 
 def load_export(folder: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
     folder = Path(folder)
     meta = read_model_json(folder)
-    fmt = meta["format"]
-    model_file = folder / MODEL_FILES[fmt]
+    spec = get_format(meta["format"])
+    model_file = folder / spec.model_file
     if not model_file.is_file():
         raise FileNotFoundError(f"'{model_file}' is missing: {folder / MODEL_JSON} describes a "
-                                f"{fmt} export. Re-export the run.")
-    if fmt == "onnx":
-        forward = _onnx_forward(model_file)
-    elif fmt == "torchscript":
-        forward = _torchscript_forward(model_file, device, meta.get("input", {}).get("dtype", "float32"))
-    else:
-        forward = _torch_forward(load_backbone(folder), device)
+                                f"{spec.name} export. Re-export the run.")
+    forward = spec.load(model_file, meta, torch.device(device))
     info = {k: meta.get(k) for k in ("backbone", "strategy", "metrics", "parity")}
     return Predictor(forward, labels=meta["labels"], preprocessing=meta["preprocessing"],
-                     kind=fmt, source=folder, info=info)
+                     kind=spec.name, source=folder, info=info)
 
 
 def load_backbone(folder: str | Path) -> Backbone:
-    """A safetensors export as the package's own backbone, ready to evaluate or train on:
-    ``create_backbone(model.json's backbone, num_classes=len(labels))`` + its weights."""
+    """An export as the package's own backbone, ready to evaluate or train on, for the
+    formats that hold the backbone's weights: ``create_backbone(model.json's backbone,
+    num_classes=len(labels))`` + its weights."""
     folder = Path(folder)
     meta = read_model_json(folder)
-    if meta["format"] != "safetensors":
-        raise ValueError(f"'{folder}' is a {meta['format']} export; load_backbone reads safetensors "
-                         f"exports (`finetune export RUN_DIR --format safetensors`).")
-    model = create_backbone(meta["backbone"], num_classes=len(meta["labels"]))
-    weights = folder / MODEL_FILES["safetensors"]
-    # float16 (--half) tensors are cast to the model's float32 as they are copied in.
-    load_weights(model, load_state_dict_file(weights), f"export {weights}")
-    return model.eval()
-
-
-def _torch_forward(model: torch.nn.Module, device: str | torch.device) -> Forward:
-    device = torch.device(device)
-    model = model.to(device).eval()
-    dtype = next(model.parameters()).dtype
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(device, dtype)).float().cpu()
-
-    return forward
-
-
-def _torchscript_forward(path: Path, device: str | torch.device, dtype: str) -> Forward:
-    device = torch.device(device)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": still the format
-            module = torch.jit.load(str(path), map_location=device)
-    except RuntimeError as err:
-        raise UnsafeCheckpointError(
-            f"Refusing to load '{path}': torch.jit.load cannot read it as a TorchScript archive "
-            f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}). It is "
-            f"corrupt, or holds Python objects that would need arbitrary code to load. Re-export "
-            f"it with `finetune export RUN_DIR --format torchscript`."
-        ) from err
-    module.eval()
-    torch_dtype = getattr(torch, dtype)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return module(x.to(device, torch_dtype)).float().cpu()
-
-    return forward
-
-
-def _onnx_forward(path: Path) -> Forward:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run(None, {inp.name: x.numpy().astype(dtype)})
-        return torch.from_numpy(logits).float()
-
-    return forward
+    spec = get_format(meta["format"])
+    if spec.load_backbone is None:
+        able = [n for n in format_names() if get_format(n).load_backbone is not None]
+        raise ValueError(f"'{folder}' is a {spec.name} export; load_backbone reads "
+                         f"{' or '.join(able)} exports (`finetune export RUN_DIR --format "
+                         f"{able[0] if able else '...'}`).")
+    return spec.load_backbone(folder / spec.model_file, meta)
 
 
 # ---------------------------------------------------------------------- files and folders
@@ -342,7 +281,6 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, top_k: int = 5
 
 
 __all__ = [
-    "MODEL_FILES",
     "MODEL_JSON",
     "Prediction",
     "Predictor",
