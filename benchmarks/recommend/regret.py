@@ -3,6 +3,7 @@
     python benchmarks/recommend/regret.py                                   # full sweep
     python benchmarks/recommend/regret.py --csv benchmarks/recommend/results/oracle-pilot.csv \\
         --out benchmarks/recommend/results/regret-pilot
+    python benchmarks/recommend/regret.py --check   # the committed reports regenerate byte for byte
 
 Per (task, size) cell: each arm's accuracy is its test accuracy at the learning rate that
 was best on *validation*, averaged over seeds; the oracle is the best arm. A method's
@@ -12,17 +13,17 @@ Methods:
 * recommender, thresholds calibrated leave-one-task-out: for each task, the thresholds
   that minimise mean regret on the *other* tasks (all their sizes) decide its cells;
 * the same with the pre-registered grid around the pre-sweep defaults;
-* recommender with the defaults shipped before the sweep (PRE_SWEEP); with those set
-  in session 5 after the first ten tasks (SESSION_5: held out on textures-small and
-  photos-small-noise, then on photos-pixelate, fonts and grey-crops); with those of
-  session 6 (SESSION_6: held out on photos-jpeg and glyphs-lower, then on the first
-  100-per-class cells); with those of session 7 (SESSION_7: recalibrated on the 63
-  cells up to 100 per class, held out, frozen, on the 200-per-class cells of sessions 8
-  and 9, and still the current ones); with session 9's candidate (SESSION_9:
-  similar_score 0.5, chosen on the 78 cells up to 200 per class, held out at 400, where
-  it lost and was withdrawn); and with the current ones (finetune.recommend.Thresholds)
-  (docs/recommend.md);
-* recommender with a registered candidate that never shipped (CANDIDATES: session 12's
+* recommender with each earlier set of defaults, frozen (FROZEN_DEFAULTS): those shipped
+  before the sweep (PRE_SWEEP); lp-ft wherever the probe leaves headroom, set after the
+  first ten tasks (LPFT_WITH_HEADROOM: held out on textures-small and photos-small-noise,
+  then on photos-pixelate, fonts and grey-crops); the amount line at 100 and no headroom
+  (LITTLE_BELOW_100: held out on photos-jpeg and glyphs-lower, then on the first
+  100-per-class cells); the amount line at 200 (LITTLE_BELOW_200: recalibrated on the 63
+  cells up to 100 per class, held out, frozen, on the 200-per-class cells, and still the
+  current ones); the similarity line at 0.5 (SIMILAR_FROM_05: chosen on the 78 cells up
+  to 200 per class, held out at 400, where it lost and was withdrawn); and with the
+  current ones (finetune.recommend.Thresholds) (benchmarks/recommend/REPORT.md);
+* recommender with a registered candidate that never shipped (CANDIDATES: the
   early-shift line);
 * always-linear, always-full, always-lp-ft;
 * the plain 2x2 rule: amount split at the median images per class and similarity at the
@@ -50,12 +51,15 @@ alone while the other tasks still calibrate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import itertools
 import json
 import random
 import statistics
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -68,19 +72,19 @@ DEFAULT_PARTIAL = "partial-2"  # EfficientNet-Lite0's default_unfreeze
 CORE_ARMS = frozenset({"linear", "lp-ft", "partial-1", "partial-2", "full", "surgical-1"})
 # The thresholds calibrated leave-one-task-out, and their grids (defaults included).
 GRID = {
-    # 200 added in session 7 before the first 100-per-class cell was scored: it lets the
-    # calibration keep the large-data branches (partial, surgical, full) off at 100.
-    # 400 added in session 8 before the first 200-per-class cell ran (those count 250 per
-    # class with val): it lets the calibration move the large-data branches above them too.
+    # 200 added before the first 100-per-class cell was scored: it lets the calibration
+    # keep the large-data branches (partial, surgical, full) off at 100. 400 added before
+    # the first 200-per-class cell ran (those count 250 per class with val): it lets the
+    # calibration move the large-data branches above them too.
     "little_per_class": (10.0, 25.0, 50.0, 100.0, 200.0, 400.0),
     "similar_score": (0.5, 0.6, 0.7, 0.8),
     "headroom": (0.0, 0.02, 0.05),
-    # 0.0 (always lp-ft, never full, on large + different data) added with the session-5
-    # defaults, after the held-out tasks.
+    # 0.0 (always lp-ft, never full, on large + different data) added with
+    # LPFT_WITH_HEADROOM, after the held-out tasks.
     "lpft_kappa": (0.0, 0.4, 0.6, 0.8),
     # Added after the first look at the 2026-11-26 sweep (docs/recommend.md says so):
     # whether little + similar data with probe error above this gets lp-ft (1.0: never;
-    # 0.0, the session-5 default: whenever the probe leaves headroom), and whether under
+    # 0.0, LPFT_WITH_HEADROOM's: whenever the probe leaves headroom), and whether under
     # 10 images per class always means a linear head (0: never).
     "little_similar_lpft_error": (0.0, 0.02, 0.05, 0.1, 1.0),
     "very_little_per_class": (0.0, 10.0),
@@ -90,31 +94,37 @@ GRID = {
 PREREGISTERED = {"little_per_class": (10.0, 25.0, 50.0, 100.0), "similar_score": (0.5, 0.6, 0.7, 0.8),
                  "headroom": (0.0, 0.02, 0.05), "lpft_kappa": (0.4, 0.6, 0.8)}
 # Each frozen set names every threshold that has changed since it shipped, so that a later
-# recalibration of finetune.recommend.Thresholds does not move its row.
-# The defaults shipped before the sweep (changed in session 5, after the held-out tasks).
+# recalibration of finetune.recommend.Thresholds does not move its row. Each is named by
+# the rule it encodes; the commit is where it became the defaults.
+# The defaults shipped before the sweep: a linear head on little + similar data and under
+# 10 images per class, full fine-tuning on large + different data below kappa 0.6.
 PRE_SWEEP = Thresholds(very_little_per_class=10.0, little_per_class=50.0, headroom=0.02,
                        little_similar_lpft_error=1.0, lpft_kappa=0.6, similar_score=0.7)
-# The session-5 defaults, frozen for the third held-out set (photos-pixelate, fonts,
-# grey-crops); session 6 recalibrated little_per_class and headroom on all 15 tasks.
-SESSION_5 = Thresholds(little_per_class=50.0, headroom=0.02, similar_score=0.7)
-# The session-6 defaults, frozen for the first 100-per-class cells (session 7), which
-# then moved little_per_class to 200.
-SESSION_6 = Thresholds(little_per_class=100.0, similar_score=0.7)
-# The session-7 defaults, frozen for the 200-per-class cells (sessions 8 and 9).
-SESSION_7 = Thresholds(little_per_class=200.0, similar_score=0.7)
-# Session 9's candidate, shipped for part of that session: the similarity line at 0.5,
-# frozen for the 400-per-class cells (registered in bca4f17). Its first two held-out
-# cells lost to the session-7 line, which is the default again.
-SESSION_9 = Thresholds(little_per_class=200.0, similar_score=0.5)
-# Each earlier set of defaults is scored as its own row, beside the current defaults.
-FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": SESSION_5, "session-6": SESSION_6,
-                   "session-7": SESSION_7, "session-9": SESSION_9}
-# Candidates that never shipped, each frozen when it was registered. Session 12's: the
-# session-7 defaults, with the 0.5 line only where the later stages' shift stays at or
+# 63c6932: lp-ft wherever the probe leaves more than 2 % error, unless the data are large
+# (50 per class) and similar. Frozen for the third held-out set (photos-pixelate, fonts,
+# grey-crops); 0e1f313 then recalibrated little_per_class and headroom on all 15 tasks.
+LPFT_WITH_HEADROOM = Thresholds(little_per_class=50.0, headroom=0.02, similar_score=0.7)
+# 0e1f313: the amount line at 100 per class, a linear head only where the probe is
+# perfect. Frozen for the first 100-per-class cells, which then moved the line to 200.
+LITTLE_BELOW_100 = Thresholds(little_per_class=100.0, similar_score=0.7)
+# 75a0124: the amount line at 200 per class. Frozen for the 200-per-class cells; the
+# current defaults.
+LITTLE_BELOW_200 = Thresholds(little_per_class=200.0, similar_score=0.7)
+# d03ca3c, withdrawn in c2d1550: the similarity line at 0.5, frozen for the 400-per-class
+# cells (registered in bca4f17). Its first two held-out cells lost to LITTLE_BELOW_200.
+SIMILAR_FROM_05 = Thresholds(little_per_class=200.0, similar_score=0.5)
+# Each earlier set of defaults is scored as its own row, beside the current defaults. The
+# keys are the labels of those rows in the committed reports and of --loto-anchor.
+FROZEN_DEFAULTS = {"pre-sweep": PRE_SWEEP, "session-5": LPFT_WITH_HEADROOM,
+                   "session-6": LITTLE_BELOW_100, "session-7": LITTLE_BELOW_200,
+                   "session-9": SIMILAR_FROM_05}
+# Candidates that never shipped, each frozen when it was registered. The early-shift line:
+# LITTLE_BELOW_200, with the 0.5 line only where the later stages' shift stays at or
 # above semantic_hot after early AdaBN (results/registered-s12-early-shift.md, committed
 # before its held-out cells ran: glyphs-400, then textures-pixelate at 200 and 400).
 EARLY_SHIFT = Thresholds(little_per_class=200.0, similar_score=0.7, similar_score_shifted=0.5)
-CANDIDATES = {"recommender (early-shift line, session 12)": ("early-shift line pick", EARLY_SHIFT)}
+EARLY_SHIFT_ROW = "recommender (early-shift line, session 12)"
+CANDIDATES = {EARLY_SHIFT_ROW: ("early-shift line pick", EARLY_SHIFT)}
 # Every frozen rule set, each scored as its own row: row -> (its pick column's title, thresholds).
 FROZEN_ROWS = {**{f"recommender ({name} defaults)": (f"{name} pick", thresholds)
                   for name, thresholds in FROZEN_DEFAULTS.items()}, **CANDIDATES}
@@ -412,6 +422,42 @@ def markdown(results: dict, table: dict, picks_by_method: dict, cells: list[Cell
     return "\n".join(lines)
 
 
+# The committed reports that hold the benchmark's current figures, and what each adds to
+# report_argv's options. Each scores every oracle CSV but the pilot's, with leave-one-task-
+# out ties anchored at LITTLE_BELOW_200, fixed before any 200-per-class cell ran.
+CURRENT_REPORTS = {
+    "regret": [],
+    "regret-200": ["--sizes", "200"],
+    "regret-400": ["--sizes", "400"],
+    "regret-heldout5": ["--tasks", "textures-pixelate", "grey-crops-pixelate", "photos-dither"],
+}
+
+
+def report_argv(results: Path, name: str, out: Path) -> list[str]:
+    """The arguments that write ``CURRENT_REPORTS[name]`` to OUT.md and OUT.json, from the
+    oracle CSVs and signals under ``results``."""
+    csvs = sorted(str(p) for p in results.glob("oracle*.csv") if "pilot" not in p.name)
+    return ["--csv", *csvs, "--signals-dir", str(results / "signals"), "--loto-anchor", "session-7",
+            *CURRENT_REPORTS[name], "--out", str(out)]
+
+
+def check(results: Path) -> list[str]:
+    """Rewrites every report of CURRENT_REPORTS to a scratch folder; the names of the files
+    under ``results`` that are missing or differ by a byte. A frozen rule set that followed
+    a change of finetune.recommend.Thresholds, or a change to the scoring, shows here."""
+    differ = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in CURRENT_REPORTS:
+            out = Path(scratch) / name
+            with contextlib.redirect_stdout(io.StringIO()):
+                main(report_argv(results, name, out))
+            for suffix in (".md", ".json"):
+                committed = results / f"{name}{suffix}"
+                if not committed.is_file() or committed.read_bytes() != out.with_suffix(suffix).read_bytes():
+                    differ.append(committed.name)
+    return differ
+
+
 def main(argv: list[str] | None = None) -> None:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description="Regret of the recommender and the baselines.")
@@ -429,7 +475,15 @@ def main(argv: list[str] | None = None) -> None:
                         "them). The current defaults were calibrated on every task, the one left out "
                         "included, so through ties they can carry its own cells' results into its fold; "
                         "a frozen set from before those cells ran cannot")
+    parser.add_argument("--check", action="store_true",
+                        help="rewrite the committed reports of CURRENT_REPORTS to a scratch folder "
+                        "and exit 1 if any differs from results/ by a byte (the other options are ignored)")
     args = parser.parse_args(argv)
+    if args.check:
+        differ = check(here / "results")
+        print("every committed report regenerates byte for byte" if not differ else
+              "differ from what the committed CSVs and signals give now: " + ", ".join(differ))
+        sys.exit(1 if differ else 0)
 
     def wanted(cell: Cell) -> bool:
         return (not args.tasks or cell[0] in args.tasks) and (not args.sizes or cell[1] in args.sizes)

@@ -289,25 +289,26 @@ TASKS: dict[str, Callable[[int, int], Arrays]] = {
     "photos-blur": _corrupt("blur"),
     "photos-noise": _corrupt("noise"),
     "photos-colour": _corrupt("colour"),
-    # Added in session 5, after the reduced sweep, as held-out tasks for the shipped
-    # thresholds (the first eight saturate at or near 100 % too often).
+    # Held-out tasks for the pre-sweep thresholds, added after the reduced sweep (the
+    # first eight saturate at or near 100 % too often).
     "photos-small": _photos_small,
     "photos-rotation": _photos_rotation,
-    # Added in session 5 after the thresholds changed, before anything ran on them: the
-    # held-out tasks for the current defaults, which stay frozen until they are scored.
+    # Held-out tasks for the thresholds of 63c6932 (lp-ft wherever the probe leaves
+    # headroom), added before anything ran on them; those thresholds stayed frozen until
+    # these were scored.
     "textures-small": _textures_small,
     "photos-small-noise": _photos_small_noise,
-    # Added in session 6 before anything ran on them: the third held-out set, scored
-    # with the session-5 defaults frozen (finetune.recommend.Thresholds as of 2829015).
+    # The third held-out set, added before anything ran on it and scored with the
+    # thresholds of 63c6932 frozen (finetune.recommend.Thresholds as of 2829015).
     "photos-pixelate": _corrupt("pixelate"),
     "fonts": _fonts,
     "grey-crops": _grey_crops,
-    # Added in session 6 after the thresholds were recalibrated on the 15 tasks above
-    # (0e1f313), before anything ran on them: the held-out test of those thresholds.
+    # The held-out test of the thresholds recalibrated on the 15 tasks above (0e1f313),
+    # added before anything ran on them.
     "photos-jpeg": _corrupt("jpeg"),
     "glyphs-lower": _glyphs_lower,
-    # Added in session 12 before anything ran on them (signals included): held-out tasks
-    # for the early-shift line (results/registered-s12-early-shift.md), input-level
+    # Held-out tasks for the early-shift line, registered with their signals before
+    # anything ran on them (results/registered-s12-early-shift.md): input-level
     # corruptions of other content than the photos.
     "textures-pixelate": _corrupt("pixelate", _textures),
     "grey-crops-pixelate": _corrupt("pixelate", _grey_crops),
