@@ -10,22 +10,18 @@ gradients stop at a frozen stage; evaluation and feature extraction cost one.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import RunConfig
 from ..models import Backbone
+from ..strategies import StrategySpec, get_strategy
 from .decide import Decision
 
-# Optimizer steps a phase should get: about what it takes AdamW with a cosine schedule to
-# settle a head (300) or a backbone from pretrained weights (300; lp-ft's fine-tuning
-# phase 200, its head starts trained), within epoch limits that keep tiny sets from
-# hundreds of epochs and large ones from a single pass.
-_TARGET_STEPS = {"linear": 300, "partial": 300, "full": 300, "surgical": 300, "lp-ft": 200}
-_EPOCH_LIMITS = {"linear": (30, 100), "partial": (5, 30), "full": (5, 30), "surgical": (5, 30),
-                 "lp-ft": (3, 20)}
-# Head learning rate (backbone stages get RunConfig's backbone_lr_scale and layer_decay).
-_LR = {"linear": 1e-2, "partial": 1e-3, "full": 1e-3, "surgical": 1e-3, "lp-ft": 3e-4}
+# A head on cached features: the cheapest strategy, the budget's last resort, and the
+# probe phase that strategies with probe_first start with.
+_HEAD_ONLY = "linear"
 _MIN_EPOCHS = 3  # below this a budget cut would stop before the cosine schedule does anything
 _OVERHEAD = 1.3  # decoding, augmentation and the optimizer step, over the bare passes
 
@@ -43,144 +39,152 @@ def _hp(value: Any, reason: str) -> dict[str, Any]:
     return {"value": value, "reason": reason}
 
 
-def _epochs(kind: str, n_train: int, batch_size: int) -> int:
+def _epochs(spec: StrategySpec, n_train: int, batch_size: int) -> int:
+    """About the spec's target optimizer steps, within its epoch limits."""
     steps = max(1, n_train // batch_size if n_train > batch_size else 1)
-    low, high = _EPOCH_LIMITS[kind]
-    return int(min(high, max(low, math.ceil(_TARGET_STEPS[kind] / steps))))
+    low, high = spec.planning.epoch_limits
+    return int(min(high, max(low, math.ceil(spec.planning.target_steps / steps))))
 
 
 def estimate_minutes(strategy: str, unfreeze: int | None, epochs: int, *, amount: dict,
                      num_stages: int, forward_ms: float) -> float:
     """Rough wall-clock minutes of ``finetune run`` with this plan on this machine."""
+    spec = get_strategy(strategy)
     n_train, n_val = amount["train_images"], amount["val_images"]
     n_all = n_train + n_val + amount["test_images"]
     share = (unfreeze or num_stages) / max(1, num_stages)
-    per_image = {"partial": 1 + 2 * share, "surgical": 2 + share, "full": 3.0, "lp-ft": 3.0}
     total = 0.0
-    if strategy in ("linear", "lp-ft", "surgical"):
+    if spec.cost is None or spec.probe_first:
         total += n_all  # features extracted once for the (first) linear phase
-    if strategy != "linear":
-        total += epochs * (n_train * per_image[strategy] + n_val) + amount["test_images"]
+    if spec.cost is not None:
+        total += epochs * (n_train * spec.cost.passes(share) + n_val) + amount["test_images"]
     return total * forward_ms * _OVERHEAD / 60_000
 
 
-def _stage_lrs(strategy: str, unfreeze: int | None, lr: float, names: list[str]) -> str:
+def _stage_lrs(spec: StrategySpec, unfreeze: int | None, lr: float, names: list[str]) -> str:
     cfg = RunConfig()
-    if strategy == "linear":
+    if spec.trains == "none":
         return f"head {lr:g}; backbone frozen"
-    if strategy == "partial":
-        trained = names[len(names) - (unfreeze or 1):]
-    elif strategy == "surgical":
-        trained = names[: unfreeze or 1]
-    else:
-        trained = names
+    trained = {"last": names[len(names) - (unfreeze or 1):], "first": names[: unfreeze or 1],
+               "all": names}[spec.trains]
     parts = [f"head {lr:g}"]
     for depth, name in enumerate(reversed(trained)):
         parts.append(f"{name} {lr * cfg.backbone_lr_scale * cfg.layer_decay**depth:.2g}")
     return ", ".join(parts)
 
 
+def _fit_budget(plan: Plan, budget: float, cost: Callable[[str, int | None, int], float],
+                epochs_of: Callable[[StrategySpec], int], unfreeze: int | None, epochs: int,
+                default_unfreeze: int) -> tuple[str, int | None, int]:
+    """Fewer epochs first, then cheaper strategies: the spec's fallbacks, then a linear head."""
+    strategy = plan.strategy
+    chain = [(strategy, unfreeze)]
+    for name in get_strategy(strategy).planning.fallbacks:
+        k = min(unfreeze or default_unfreeze, default_unfreeze)
+        chain.append((name, None if get_strategy(name).trains in ("none", "all") else k))
+    chain.append((_HEAD_ONLY, None))
+    for kind, k in chain:
+        spec = get_strategy(kind)
+        e = epochs_of(spec)
+        if spec.cost is not None:
+            per_epoch = cost(kind, k, 1) - cost(kind, k, 0)
+            fits = math.floor((budget - cost(kind, k, 0)) / per_epoch) if per_epoch > 0 else e
+            e = min(e, fits)
+        if spec.cost is None or e >= _MIN_EPOCHS:
+            if (kind, k) != (strategy, unfreeze):
+                plan.reasons.append(f"budget {budget:g} min: {strategy} would take about "
+                                    f"{cost(strategy, unfreeze, epochs):.0f} min here; {kind} fits")
+            elif e < epochs:
+                plan.reasons.append(f"budget {budget:g} min: {epochs} epochs would take about "
+                                    f"{cost(strategy, unfreeze, epochs):.0f} min here; {e} fit")
+            strategy, unfreeze, epochs = kind, k, e
+            break
+    plan.strategy = strategy
+    if cost(strategy, unfreeze, epochs) > budget:
+        plan.warnings.append(f"Even a linear head takes about {cost(strategy, unfreeze, epochs):.1f} min "
+                             f"here (feature extraction), over the {budget:g} min budget.")
+    return strategy, unfreeze, epochs
+
+
 def plan_hyperparameters(decision: Decision, signals: dict, amount: dict, *, model: Backbone,
                          image_size: int, batch_size: int, budget_minutes: float | None) -> Plan:
     names = [s["name"] for s in signals["stages"]]
-    forward_ms = signals["forward_ms_per_image"]
+    n_train = amount["train_images"]
     strategy, unfreeze = decision.strategy, decision.unfreeze
     plan = Plan(strategy=strategy, hyperparameters={}, estimated_minutes=None)
 
     def cost(kind: str, k: int | None, epochs: int) -> float:
-        return estimate_minutes(kind, k, epochs, amount=amount, num_stages=len(names), forward_ms=forward_ms)
+        return estimate_minutes(kind, k, epochs, amount=amount, num_stages=len(names),
+                                forward_ms=signals["forward_ms_per_image"])
 
-    epochs = _epochs(strategy, amount["train_images"], batch_size)
+    def epochs_of(spec: StrategySpec) -> int:
+        return _epochs(spec, n_train, batch_size)
+
+    epochs = epochs_of(get_strategy(strategy))
     if budget_minutes is not None and cost(strategy, unfreeze, epochs) > budget_minutes:
-        # Fewer epochs first, then cheaper strategies: fine-tuning the last stages, then a head.
-        chain = [(strategy, unfreeze)]
-        if strategy in ("full", "lp-ft", "surgical"):
-            chain.append(("partial", min(unfreeze or model.default_unfreeze, model.default_unfreeze)))
-        chain.append(("linear", None))
-        for kind, k in chain:
-            e = _epochs(kind, amount["train_images"], batch_size)
-            if kind != "linear":
-                per_epoch = cost(kind, k, 1) - cost(kind, k, 0)
-                fits = math.floor((budget_minutes - cost(kind, k, 0)) / per_epoch) if per_epoch > 0 else e
-                e = min(e, fits)
-            if kind == "linear" or e >= _MIN_EPOCHS:
-                if (kind, k) != (strategy, unfreeze):
-                    plan.reasons.append(f"budget {budget_minutes:g} min: {strategy} would take about "
-                                        f"{cost(strategy, unfreeze, epochs):.0f} min here; {kind} fits")
-                elif e < epochs:
-                    plan.reasons.append(f"budget {budget_minutes:g} min: {epochs} epochs would take about "
-                                        f"{cost(strategy, unfreeze, epochs):.0f} min here; {e} fit")
-                strategy, unfreeze, epochs = kind, k, e
-                break
-        plan.strategy = strategy
-        if cost(strategy, unfreeze, epochs) > budget_minutes:
-            plan.warnings.append(f"Even a linear head takes about {cost(strategy, unfreeze, epochs):.1f} min "
-                                 f"here (feature extraction), over the {budget_minutes:g} min budget.")
+        strategy, unfreeze, epochs = _fit_budget(plan, budget_minutes, cost, epochs_of, unfreeze,
+                                                 epochs, model.default_unfreeze)
     plan.estimated_minutes = round(cost(strategy, unfreeze, epochs), 2)
 
-    hp = plan.hyperparameters
-    n_train = amount["train_images"]
+    spec, hp = get_strategy(strategy), plan.hyperparameters
     steps = max(1, n_train // batch_size if n_train > batch_size else 1)
-    if unfreeze is not None and strategy in ("partial", "surgical"):
-        which = "last" if strategy == "partial" else "first"
-        hp["unfreeze"] = _hp(unfreeze, f"the {which} {unfreeze} of {len(names)} stages train "
-                             f"({', '.join(names[-unfreeze:] if which == 'last' else names[:unfreeze])}); "
+    if unfreeze is not None and spec.trains in ("last", "first"):
+        shown = names[-unfreeze:] if spec.trains == "last" else names[:unfreeze]
+        hp["unfreeze"] = _hp(unfreeze, f"the {spec.trains} {unfreeze} of {len(names)} stages train "
+                             f"({', '.join(shown)}); "
                              + (decision.reasons[-1] if decision.strategy == strategy else "the budget's choice"))
-    if strategy in ("lp-ft", "surgical"):
-        lp = _epochs("linear", n_train, batch_size)
+    if spec.probe_first:
+        lp = epochs_of(get_strategy(_HEAD_ONLY))
         hp["lp_epochs"] = _hp(lp, f"the linear-probe phase runs on cached features, so {lp} epochs "
                               f"(about {lp * steps} steps) cost seconds; its head starts the next phase")
-    hp["epochs"] = _hp(epochs, f"about {_TARGET_STEPS[strategy]} optimizer steps at {steps} step(s) per "
-                       f"epoch ({n_train} training images, batch {batch_size}), within "
-                       f"{_EPOCH_LIMITS[strategy][0]}-{_EPOCH_LIMITS[strategy][1]} epochs"
+    low, high = spec.planning.epoch_limits
+    hp["epochs"] = _hp(epochs, f"about {spec.planning.target_steps} optimizer steps at {steps} step(s) "
+                       f"per epoch ({n_train} training images, batch {batch_size}), within "
+                       f"{low}-{high} epochs"
                        + ("; cut to fit the budget" if any("budget" in r for r in plan.reasons) else ""))
-    lr = _LR[strategy]
-    lr_reason = {
-        "linear": "AdamW on a linear head over frozen features tolerates a high rate",
-        "partial": "new head at 1e-3; pretrained stages move 10x slower, each earlier one 0.7x again",
-        "full": "new head at 1e-3; pretrained stages move 10x slower, each earlier one 0.7x again",
-        "surgical": "the head is trained first (probe phase); the first stages then adapt at 10x less",
-        "lp-ft": "the head starts trained, so fine-tuning takes small steps that keep the features "
-                 "(Kumar et al. 2022 fine-tune after the probe at a lower rate)",
-    }[strategy]
-    hp["lr"] = _hp(lr, f"{lr_reason}. Per group: {_stage_lrs(strategy, unfreeze, lr, names)}")
-    little = decision.amount == "little"
-    if strategy == "linear":
-        augment, why = "none", "cached features are computed once, without augmentation"
-    elif little:
-        augment, why = "strong", ("little data: strong crops, colour, blur/noise and dropout "
-                                  "stretch the few images (DESIGN.md's little-data cells)")
-    elif strategy == "partial":
-        augment, why = "light", f"large data, and only the last {unfreeze} stage(s) train: crops and flips are enough"
-    else:
-        # full, lp-ft or surgical on large data: more of the network moves than in partial.
-        what = ("far from the pretraining" if decision.similarity == "different"
-                else "and the first stages train" if strategy == "surgical" else "and the whole network trains")
-        augment, why = "medium", f"large data {what}: crops, flips, colour jitter, small affine"
-    hp["augment"] = _hp(augment, why)
-    side = min(amount.get("median_width") or image_size, amount.get("median_height") or image_size)
-    size_reason = f"the backbone's pretrained input size ({model.pretrained_cfg.image_size} px)"
-    if image_size != model.pretrained_cfg.image_size:
-        size_reason = f"as asked (the pretrained size is {model.pretrained_cfg.image_size} px)"
-    if side and side < image_size / 2:
-        size_reason += (f"; your images are about {side:.0f} px, upscaled x{image_size / side:.1f}: "
-                        f"a smaller --image-size trains faster, the pretrained size usually scores higher")
-    hp["image_size"] = _hp(image_size, size_reason)
-    hp["bn_policy"] = _hp(_bn_policy(strategy, unfreeze, signals, batch_size), "DESIGN.md's BatchNorm policy")
+    lr = spec.planning.lr
+    hp["lr"] = _hp(lr, f"{spec.planning.lr_reason}. Per group: {_stage_lrs(spec, unfreeze, lr, names)}")
+    hp["augment"] = _hp(*_augment(spec, decision, unfreeze))
+    hp["image_size"] = _hp(image_size, _image_size_reason(model, image_size, amount))
+    hp["bn_policy"] = _hp(_bn_policy(spec, unfreeze, signals, batch_size),
+                          "docs/design.md's BatchNorm policy")
     return plan
 
 
-def _bn_policy(strategy: str, unfreeze: int | None, signals: dict, batch_size: int) -> str:
+def _augment(spec: StrategySpec, decision: Decision, unfreeze: int | None) -> tuple[str, str]:
+    if spec.trains == "none":
+        return "none", "cached features are computed once, without augmentation"
+    if decision.amount == "little":
+        return "strong", ("little data: strong crops, colour, blur/noise and dropout "
+                          "stretch the few images (docs/design.md's little-data cells)")
+    if spec.trains == "last":
+        return "light", f"large data, and only the last {unfreeze} stage(s) train: crops and flips are enough"
+    # Large data, and more of the network moves than the last stages: the first ones, or all.
+    what = ("far from the pretraining" if decision.similarity == "different"
+            else "and the first stages train" if spec.trains == "first" else "and the whole network trains")
+    return "medium", f"large data {what}: crops, flips, colour jitter, small affine"
+
+
+def _image_size_reason(model: Backbone, image_size: int, amount: dict) -> str:
+    side = min(amount.get("median_width") or image_size, amount.get("median_height") or image_size)
+    reason = f"the backbone's pretrained input size ({model.pretrained_cfg.image_size} px)"
+    if image_size != model.pretrained_cfg.image_size:
+        reason = f"as asked (the pretrained size is {model.pretrained_cfg.image_size} px)"
+    if side and side < image_size / 2:
+        reason += (f"; your images are about {side:.0f} px, upscaled x{image_size / side:.1f}: "
+                   f"a smaller --image-size trains faster, the pretrained size usually scores higher")
+    return reason
+
+
+def _bn_policy(spec: StrategySpec, unfreeze: int | None, signals: dict, batch_size: int) -> str:
     if not signals["has_batchnorm"]:
         return "no BatchNorm layers with stored statistics in this backbone"
-    if strategy == "linear":
+    if spec.planning.bn_policy is not None:
+        return spec.planning.bn_policy(unfreeze, signals, batch_size)
+    if spec.trains == "none":
         return "frozen: eval mode, the checkpoint's statistics (the probe above used them too)"
-    if strategy == "partial":
-        return (f"the last {unfreeze} stage(s) re-estimate their statistics while training; "
+    if spec.trains in ("last", "first"):
+        return (f"the {spec.trains} {unfreeze} stage(s) re-estimate their statistics while training; "
                 f"frozen stages keep the checkpoint's, in eval mode")
-    if strategy == "surgical":
-        return (f"the first {unfreeze} stage(s) re-estimate their statistics (AdaBN plus tuning: it "
-                f"removed {signals['shift_pixel']:.2f} of the later stages' shift); later stages keep "
-                f"the checkpoint's, in eval mode")
     small = " (batch under 16: noisy batch statistics, raise --batch-size if memory allows)" if batch_size < 16 else ""
     return f"every stage trains, BatchNorm with batch statistics of batch {batch_size}{small}"

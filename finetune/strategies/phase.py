@@ -1,13 +1,7 @@
-"""Fine-tuning strategies: which stages train, at what learning rate, and the BN policy.
+"""A phase of a strategy: which stages train, at what learning rate, and the BN policy.
 
-The grid (DESIGN.md): little + similar data -> ``linear``; large + similar -> ``partial``;
-large + different -> ``full``; ``lp-ft`` first fits a linear head on frozen features and
-then fine-tunes everything from it, which keeps early fine-tuning steps from distorting
-good pretrained features with a random head (Kumar et al., 2022). ``surgical`` trains the
-*first* stages after a probe phase, for input-level shift (blur, noise, colour: Lee et al.,
-2022); ``auto`` is resolved into one of these by the recommender before planning.
-
-A strategy is a plan of one or two ``Phase`` objects. A phase decides three things:
+A strategy (registry.py) is a plan of one or two ``Phase`` objects. A phase decides three
+things:
 
 * which stages train (the rest are frozen: ``requires_grad=False`` *and* eval mode, so
   frozen BatchNorm layers keep using, and never update, their stored statistics; this is
@@ -20,20 +14,17 @@ A strategy is a plan of one or two ``Phase`` objects. A phase decides three thin
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from torch import nn
 
-from .config import RunConfig
-from .models import Backbone, Stage
-
-log = logging.getLogger("finetune")
+from ..config import RunConfig
+from ..models import Backbone, Stage
 
 
 @dataclass(frozen=True)
 class Phase:
-    name: str  # "linear" | "partial" | "full"; also the checkpoint sub-folder
+    name: str  # "linear" | "partial" | "full" | "surgical"; also the checkpoint sub-folder
     unfreeze: int | str  # number of last stages that train, or "all"
     epochs: int
     lr: float
@@ -132,66 +123,3 @@ class Phase:
             f"({n_train:,} of {n_all:,} parameters), {self.epochs} epochs, head lr {self.lr:g}"
             + (", on cached features" if self.feature_cache else "")
         )
-
-
-# Defaults per strategy, each with its reason. A flag or recipe value overrides them.
-# `surgical` without --unfreeze: the stem and the first stage, where pixel statistics live.
-SURGICAL_UNFREEZE = 2
-
-_DEFAULTS = {
-    # A linear head on cached features is cheap per epoch: train it long, at a high lr.
-    "linear": {"epochs": 30, "lr": 1e-2, "warmup_epochs": 0.0, "augment": "none"},
-    # A few stages adapt: moderate lr, light augmentation, one warm-up epoch.
-    "partial": {"epochs": 10, "lr": 1e-3, "warmup_epochs": 1.0, "augment": "light"},
-    # Everything moves: more epochs, stronger augmentation against over-fitting.
-    "full": {"epochs": 15, "lr": 1e-3, "warmup_epochs": 1.0, "augment": "medium"},
-    # The first stages and the head adapt; like `partial`, from a probe-trained head.
-    "surgical": {"epochs": 10, "lr": 1e-3, "warmup_epochs": 1.0, "augment": "medium"},
-}
-
-
-def plan(cfg: RunConfig, model: Backbone) -> list[Phase]:
-    """The phases of ``cfg.strategy`` for ``model``, with defaults filled in."""
-
-    def phase(kind: str, *, epochs: int | None, unfreeze: int | str) -> Phase:
-        d = _DEFAULTS[kind]
-        cached = kind == "linear" and cfg.feature_cache
-        augment = cfg.augment if cfg.augment != "auto" else d["augment"]
-        if kind == "linear" and not cached and cfg.augment == "auto":
-            augment = "light"  # the backbone runs per epoch anyway: use it
-        if cached and augment != "none":
-            log.warning("Cached features see no augmentation; augment=%s is ignored "
-                        "(use --no-feature-cache to augment a linear probe).", augment)
-            augment = "none"
-        warmup = cfg.warmup_epochs if cfg.warmup_epochs is not None else d["warmup_epochs"]
-        return Phase(
-            name=kind,
-            unfreeze=unfreeze,
-            epochs=epochs if epochs is not None else d["epochs"],
-            lr=cfg.lr if cfg.lr is not None else d["lr"],
-            warmup_epochs=warmup,
-            augment=augment,
-            feature_cache=cached,
-        )
-
-    if cfg.strategy == "linear":
-        return [phase("linear", epochs=cfg.epochs, unfreeze=0)]
-    if cfg.strategy == "partial":
-        k = cfg.unfreeze if cfg.unfreeze is not None else model.default_unfreeze
-        return [phase("partial", epochs=cfg.epochs, unfreeze=k)]
-    if cfg.strategy == "full":
-        return [phase("full", epochs=cfg.epochs, unfreeze="all")]
-    if cfg.strategy == "lp-ft":
-        # The probe phase keeps its own lr; --lr sets the fine-tuning phase.
-        probe = replace(phase("linear", epochs=cfg.lp_epochs, unfreeze=0), lr=_DEFAULTS["linear"]["lr"])
-        return [probe, phase("full", epochs=cfg.epochs, unfreeze="all")]
-    if cfg.strategy == "surgical":
-        # A head trained on frozen features first, so that the first stages adapt to the
-        # data rather than to a random head; then the first k stages and the head train.
-        k = cfg.unfreeze if cfg.unfreeze is not None else SURGICAL_UNFREEZE
-        probe = replace(phase("linear", epochs=cfg.lp_epochs, unfreeze=0), lr=_DEFAULTS["linear"]["lr"])
-        return [probe, replace(phase("surgical", epochs=cfg.epochs, unfreeze=k), from_input=True)]
-    if cfg.strategy == "auto":
-        raise ValueError("Strategy 'auto' is resolved by the recommender before planning "
-                         "(finetune.recommend.resolve_auto, called by finetune.train.run).")
-    raise ValueError(f"Unknown strategy '{cfg.strategy}'.")

@@ -1,0 +1,50 @@
+"""``surgical``: a linear probe, then the *first* stages and the head train, for input-level
+shift (blur, noise, colour) that is best undone where it enters (Lee et al., 2022)."""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from ..models import Backbone
+from .linear import leading_probe
+from .phase import Phase
+from .registry import Default, EpochCost, Planning, StrategySpec, register
+
+
+def _phases(cfg: RunConfig, model: Backbone) -> list[Phase]:
+    # The head trains on frozen features first, so that the first stages adapt to the data
+    # rather than to a random head.
+    k = cfg.unfreeze if cfg.unfreeze is not None else SURGICAL.defaults["unfreeze"].value
+    return [leading_probe(cfg),
+            SURGICAL.phase(cfg, "surgical", unfreeze=k, epochs=cfg.epochs, from_input=True)]
+
+
+def _bn_policy(unfreeze: int | None, signals: dict, batch_size: int) -> str:
+    return (f"the first {unfreeze} stage(s) re-estimate their statistics (AdaBN plus tuning: it "
+            f"removed {signals['shift_pixel']:.2f} of the later stages' shift); later stages keep "
+            f"the checkpoint's, in eval mode")
+
+
+SURGICAL = register(StrategySpec(
+    name="surgical",
+    summary="linear probe, then the first stages",
+    build=_phases,
+    defaults={
+        "epochs": Default(10, "the first stages adapt from a trained head, as many as partial"),
+        "lr": Default(1e-3, "a moderate rate for the head; the first stages 10x less"),
+        "warmup_epochs": Default(1.0, "one epoch of warm-up, as partial"),
+        "augment": Default("medium", "the pixel statistics the first stages see are what moves"),
+        "unfreeze": Default(2, "the stem and the first stage, where pixel statistics live"),
+    },
+    trains="first",
+    planning=Planning(
+        target_steps=300,  # about what AdamW with a cosine schedule takes to settle a backbone
+        epoch_limits=(5, 30),  # no hundreds of epochs on tiny sets, no single pass on large ones
+        lr=1e-3,
+        lr_reason="the head is trained first (probe phase); the first stages then adapt at 10x less",
+        fallbacks=("partial",),
+        bn_policy=_bn_policy,
+    ),
+    # The gradient crosses every stage back to the first ones; weights update where they train.
+    cost=EpochCost(fixed=2.0, per_share=1.0),
+    probe_first=True,
+))
