@@ -23,7 +23,7 @@ from ..config import RunConfig
 from ..data import DataSplits, discover, resolve_data
 from ..io import atomic_write_json
 from ..models import Backbone, create_backbone
-from .decide import Thresholds, decide
+from .decide import Decision, Thresholds, decide
 from .evidence import evidence
 from .plan import Plan, plan_hyperparameters
 from .result import Recommendation
@@ -58,30 +58,12 @@ def recommend(
     """
     start = time.perf_counter()
     thr = thresholds or Thresholds()
-    if isinstance(data, DataSplits):
-        splits = data
-        label = data_label or "DATA"
-    else:
-        label = data_label or str(data)
-        # verify=False: a recommendation reads a subsample; files that fail to decode
-        # there are skipped and counted. `finetune run` verifies every file.
-        splits = discover(resolve_data(str(data)), val_fraction=val_fraction,
-                          test_fraction=test_fraction, seed=seed, verify=False)
-    if weights == "none":
-        raise ValueError("The recommender measures the pretrained checkpoint (its BatchNorm "
-                         "statistics and features); --weights none has neither. Use "
-                         "'pretrained' or a weights file.")
-    if model is None:
-        explicit = None if weights == "pretrained" else weights
-        model = create_backbone(backbone, pretrained=explicit is None, weights=explicit)
+    splits, label = _splits(data, data_label, seed=seed, val_fraction=val_fraction,
+                            test_fraction=test_fraction)
+    model = _pretrained(backbone, weights, model)
     size = image_size or model.pretrained_cfg.image_size
 
-    everything = splits.train + splits.val + splits.test
-    amount = amount_stats(everything, splits.classes, seed=seed)
-    amount["train_per_class_median"] = float(_median(splits.counts("train")))
-    amount["train_images"] = len(splits.train)
-    amount["val_images"] = len(splits.val)
-    amount["test_images"] = len(splits.test)
+    amount = _amount(splits, seed=seed)
     signals = measure(model, splits.train + splits.val, num_classes=len(splits.classes),
                       image_size=size, max_images=max_images, batch_size=batch_size, seed=seed)
     amount["grey_fraction"] = signals["grey_fraction"]
@@ -90,31 +72,75 @@ def recommend(
                                 batch_size=batch_size, budget_minutes=budget_minutes)
     command = build_command(label, backbone, plan, image_size=size,
                             default_size=model.pretrained_cfg.image_size, weights=weights)
-    similarity = {
-        "score": round(decision.score, 4),
-        "threshold": decision.line,
-        "input_level_shift": decision.input_level,
-        **{k: v for k, v in signals.items() if k not in ("grey_fraction", "skipped", "seconds")},
-    }
-    rec = Recommendation(
+    return Recommendation(
         strategy=plan.strategy,
         cell={"similarity": decision.similarity, "amount": decision.amount},
         stats=amount,
-        similarity=similarity,
+        similarity=_similarity(decision, signals),
         hyperparameters=plan.hyperparameters,
         command=command,
         evidence=evidence(signals, amount, decision, plan, thr),
         thresholds=thr.to_json(),
         reasons=decision.reasons + plan.reasons,
-        warnings=decision.warnings + plan.warnings + (
-            [f"{len(signals['skipped'])} sampled image(s) could not be decoded and were skipped."]
-            if signals["skipped"] else []),
+        warnings=decision.warnings + plan.warnings + _skipped_warning(signals),
         backbone=getattr(model, "variant", backbone),
         data=label,
         estimated_minutes=plan.estimated_minutes,
         seconds=time.perf_counter() - start,
     )
-    return rec
+
+
+def _splits(data: str | Path | DataSplits, data_label: str | None, *, seed: int,
+            val_fraction: float, test_fraction: float) -> tuple[DataSplits, str]:
+    """The splits ``finetune run`` would make of ``data``, and the name the command uses."""
+    if isinstance(data, DataSplits):
+        return data, data_label or "DATA"
+    # verify=False: a recommendation reads a subsample; files that fail to decode
+    # there are skipped and counted. `finetune run` verifies every file.
+    splits = discover(resolve_data(str(data)), val_fraction=val_fraction,
+                      test_fraction=test_fraction, seed=seed, verify=False)
+    return splits, data_label or str(data)
+
+
+def _pretrained(backbone: str, weights: str, model: Backbone | None) -> Backbone:
+    """``model``, or ``backbone`` built with the checkpoint whose statistics are measured."""
+    if weights == "none":
+        raise ValueError("The recommender measures the pretrained checkpoint (its BatchNorm "
+                         "statistics and features); --weights none has neither. Use "
+                         "'pretrained' or a weights file.")
+    if model is not None:
+        return model
+    explicit = None if weights == "pretrained" else weights
+    return create_backbone(backbone, pretrained=explicit is None, weights=explicit)
+
+
+def _amount(splits: DataSplits, *, seed: int) -> dict:
+    """How much data there is: counts and sizes over every split, and the split sizes."""
+    everything = splits.train + splits.val + splits.test
+    amount = amount_stats(everything, splits.classes, seed=seed)
+    amount["train_per_class_median"] = float(_median(splits.counts("train")))
+    amount["train_images"] = len(splits.train)
+    amount["val_images"] = len(splits.val)
+    amount["test_images"] = len(splits.test)
+    return amount
+
+
+def _similarity(decision: Decision, signals: dict) -> dict:
+    """The similarity score and its line, then every measured signal but the bookkeeping."""
+    return {
+        "score": round(decision.score, 4),
+        "threshold": decision.line,
+        "input_level_shift": decision.input_level,
+        **{k: v for k, v in signals.items() if k not in ("grey_fraction", "skipped", "seconds")},
+    }
+
+
+def _skipped_warning(signals: dict) -> list[str]:
+    """A warning when undecodable files left the probes fewer images than sampled."""
+    skipped = signals["skipped"]
+    if not skipped:
+        return []
+    return [f"{len(skipped)} sampled image(s) could not be decoded and were skipped."]
 
 
 def _median(values: list[int]) -> float:
