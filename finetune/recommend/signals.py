@@ -415,6 +415,110 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _early_stage_count(num_stages: int) -> int:
+    """The "early" stages whose BN statistics AdaBN re-estimates: the first third, where
+    pixel-level statistics (contrast, blur, noise, colour) live in a CNN."""
+    return max(1, math.ceil(num_stages / 3))
+
+
+def _passes(model: Backbone, images: ImageBatch, *, has_bn: bool, early: int, batch_size: int,
+            seed: int) -> tuple[PassResult, PassResult | None]:
+    """The checkpoint's pass (every stage and BN layer), then, for a model with BatchNorm,
+    the pass after early AdaBN; that one records only the later layers, the only ones
+    whose remaining shift is reported."""
+    first = forward_pass(model, images, batch_size=batch_size, stages=True)
+    if not has_bn:
+        return first, None
+    adapted = early_adabn(model, images, early_stages=early, batch_size=batch_size, seed=seed)
+    owner = stage_of_modules(adapted)
+    later = {name for name, bn in bn_layers(adapted) if owner.get(id(bn), -1) >= early}
+    return first, forward_pass(adapted, images, batch_size=batch_size, stages=False, layers=later)
+
+
+def _stage_shifts(model: Backbone, layers: list[tuple[str, nn.Module]], first: PassResult,
+                  adapted: PassResult | None, *, early: int,
+                  num_stages: int) -> tuple[list[float | None], list[float | None]]:
+    """Shift per stage from the checkpoint's statistics, before and after early AdaBN;
+    None where a stage has no BatchNorm, and after AdaBN for the early stages it re-estimated."""
+    owner = stage_of_modules(model)
+    raw = stage_shift(first, model, layers, owner, num_stages) if layers else [None] * num_stages
+    after = (stage_shift(adapted, model, layers, owner, num_stages) if adapted
+             else [None] * num_stages)
+    return raw, [a if i >= early else None for i, a in enumerate(after)]
+
+
+def _stage_probes(first: PassResult, labels: np.ndarray, *, num_classes: int,
+                  num_stages: int) -> tuple[list[float | None], float]:
+    """Probe accuracy per stage, and the ridge strength chosen for the last one."""
+    # The last stage is probed through the head's pooling (pre-logits): what `linear` trains on.
+    penultimate, alpha = ridge_loo_accuracy(first.penultimate, labels, num_classes=num_classes)
+    probes: list[float | None] = []
+    for i in range(num_stages - 1):
+        feats = first.stage_features.get(i)
+        probes.append(ridge_loo_accuracy(feats, labels, num_classes=num_classes)[0] if feats is not None else None)
+    probes.append(penultimate)
+    return probes, alpha
+
+
+def _subsample_signals(images: ImageBatch, *, num_classes: int, image_size: int) -> dict:
+    """What the probes saw: how many images, per class, which were skipped, at what size."""
+    labels = images.labels
+    present = sorted(set(labels.tolist()))
+    return {
+        "subsample": int(len(labels)),
+        "subsample_per_class_median": float(np.median(np.bincount(labels, minlength=num_classes)[present])),
+        "skipped": images.skipped,
+        "grey_fraction": images.grey_fraction,
+        "image_size": int(image_size),
+    }
+
+
+def _probe_signals(probes: list[float | None], alpha: float, first: PassResult, labels: np.ndarray,
+                   *, names: list[str], num_classes: int, seed: int) -> dict:
+    """The last stage's probe against chance, the best stage, and how accuracy grows with data."""
+    penultimate = probes[-1]
+    chance = 1.0 / len(set(labels.tolist()))
+    curve = learning_curve(first.penultimate, labels, num_classes=num_classes, seed=seed)
+    best = max(range(len(probes)), key=lambda i: (probes[i] if probes[i] is not None else -1.0, i))
+    return {
+        "probe_accuracy": penultimate,
+        "probe_alpha": alpha,
+        "chance": chance,
+        "kappa": (penultimate - chance) / (1.0 - chance),
+        "best_stage": best,
+        "best_stage_name": names[best],
+        "best_stage_accuracy": probes[best],
+        "learning_curve": curve,
+        "learning_curve_slope": curve["1"] - curve["0.5"],
+    }
+
+
+def _shift_signals(raw: list[float | None], after: list[float | None], early: int) -> dict:
+    """Shift averaged over the early, the deep (last third) and the later stages, and the
+    part of the later stages' shift that early AdaBN removes (pixel-level shift)."""
+    deep = range(len(raw) - early, len(raw))
+    later = range(early, len(raw))
+    later_raw = _mean([raw[i] for i in later])
+    later_after = _mean([after[i] for i in later])
+    return {
+        "shift_early": _mean([raw[i] for i in range(early)]),
+        "shift_deep": _mean([raw[i] for i in deep]),
+        "shift_later": later_raw,
+        "shift_later_after_early_adabn": later_after,
+        "shift_pixel": (max(0.0, later_raw - later_after) if later_raw is not None and later_after is not None
+                        else None),
+    }
+
+
+def _adabn_probe_signals(adapted: PassResult | None, labels: np.ndarray, *, num_classes: int,
+                         penultimate: float) -> dict:
+    """The penultimate probe after early AdaBN and its gain; None without BatchNorm."""
+    if adapted is None:
+        return {"probe_accuracy_after_early_adabn": None, "adabn_gain": None}
+    accuracy = ridge_loo_accuracy(adapted.penultimate, labels, num_classes=num_classes)[0]
+    return {"probe_accuracy_after_early_adabn": accuracy, "adabn_gain": accuracy - penultimate}
+
+
 def measure(model: Backbone, probe_samples: Sequence[Sample], *, num_classes: int, image_size: int,
             max_images: int = 500, batch_size: int = 32, seed: int = 0) -> dict:
     """Every depth signal of ``model`` (pretrained, any head) on a subsample of
@@ -425,82 +529,30 @@ def measure(model: Backbone, probe_samples: Sequence[Sample], *, num_classes: in
     sub = stratified_subsample(probe_samples, max_images=max_images, num_classes=num_classes, seed=seed)
     images = load_subsample(sub, model, image_size)
     labels = images.labels
-    stages = model.stages()
-    names = [s.name for s in stages]
+    names = [s.name for s in model.stages()]
     layers = bn_layers(model)
-    owner = stage_of_modules(model)
-    has_bn = bool(layers)
-    # The "early" stages whose BN statistics AdaBN re-estimates: the first third, where
-    # pixel-level statistics (contrast, blur, noise, colour) live in a CNN.
-    early = max(1, math.ceil(len(stages) / 3))
+    early = _early_stage_count(len(names))
     try:
-        first = forward_pass(model, images, batch_size=batch_size, stages=True)
-        adapted_pass = None
-        if has_bn:
-            adapted = early_adabn(model, images, early_stages=early, batch_size=batch_size, seed=seed)
-            owner_adapted = stage_of_modules(adapted)
-            later = {name for name, bn in bn_layers(adapted) if owner_adapted.get(id(bn), -1) >= early}
-            adapted_pass = forward_pass(adapted, images, batch_size=batch_size, stages=False, layers=later)
+        first, adapted = _passes(model, images, has_bn=bool(layers), early=early,
+                                 batch_size=batch_size, seed=seed)
     finally:
         model.train(was_training)
 
-    raw = stage_shift(first, model, layers, owner, len(stages)) if has_bn else [None] * len(stages)
-    after = (stage_shift(adapted_pass, model, layers, owner, len(stages)) if adapted_pass
-             else [None] * len(stages))
-    after = [a if i >= early else None for i, a in enumerate(after)]
-    # The last stage is probed through the head's pooling (pre-logits): what `linear` trains on.
-    penultimate, alpha = ridge_loo_accuracy(first.penultimate, labels, num_classes=num_classes)
-    probes: list[float | None] = []
-    for i in range(len(stages) - 1):
-        feats = first.stage_features.get(i)
-        probes.append(ridge_loo_accuracy(feats, labels, num_classes=num_classes)[0] if feats is not None else None)
-    probes.append(penultimate)
-    present = sorted(set(labels.tolist()))
-    chance = 1.0 / len(present)
-    curve = learning_curve(first.penultimate, labels, num_classes=num_classes, seed=seed)
-    best = max(range(len(stages)), key=lambda i: (probes[i] if probes[i] is not None else -1.0, i))
-
-    deep = list(range(len(stages) - early, len(stages)))  # the last third
-    later_idx = list(range(early, len(stages)))
-    later_raw = _mean([raw[i] for i in later_idx])
-    later_after = _mean([after[i] for i in later_idx])
+    raw, after = _stage_shifts(model, layers, first, adapted, early=early, num_stages=len(names))
+    probes, alpha = _stage_probes(first, labels, num_classes=num_classes, num_stages=len(names))
     signals = {
-        "subsample": int(len(labels)),
-        "subsample_per_class_median": float(np.median(np.bincount(labels, minlength=num_classes)[present])),
-        "skipped": images.skipped,
-        "grey_fraction": images.grey_fraction,
-        "image_size": int(image_size),
-        "has_batchnorm": has_bn,
+        **_subsample_signals(images, num_classes=num_classes, image_size=image_size),
+        "has_batchnorm": bool(layers),
         "bn_layers": len(layers),
         "early_stages": early,
         "stages": [
             {"name": names[i], "probe_accuracy": probes[i], "shift": raw[i], "shift_after_early_adabn": after[i]}
-            for i in range(len(stages))
+            for i in range(len(names))
         ],
-        "probe_accuracy": penultimate,
-        "probe_alpha": alpha,
-        "chance": chance,
-        "kappa": (penultimate - chance) / (1.0 - chance),
-        "best_stage": best,
-        "best_stage_name": names[best],
-        "best_stage_accuracy": probes[best],
-        "learning_curve": curve,
-        "learning_curve_slope": curve["1"] - curve["0.5"],
-        "shift_early": _mean([raw[i] for i in range(early)]),
-        "shift_deep": _mean([raw[i] for i in deep]),
-        "shift_later": later_raw,
-        "shift_later_after_early_adabn": later_after,
-        "shift_pixel": (max(0.0, later_raw - later_after) if later_raw is not None and later_after is not None
-                        else None),
+        **_probe_signals(probes, alpha, first, labels, names=names, num_classes=num_classes, seed=seed),
+        **_shift_signals(raw, after, early),
         "forward_ms_per_image": 1000.0 * first.seconds / len(labels),
+        **_adabn_probe_signals(adapted, labels, num_classes=num_classes, penultimate=probes[-1]),
     }
-    if adapted_pass is not None:
-        adabn_acc = ridge_loo_accuracy(adapted_pass.penultimate, labels, num_classes=num_classes)[0]
-        signals["probe_accuracy_after_early_adabn"] = adabn_acc
-        signals["adabn_gain"] = adabn_acc - penultimate
-    else:
-        signals["probe_accuracy_after_early_adabn"] = None
-        signals["adabn_gain"] = None
     signals["seconds"] = time.perf_counter() - start
     return signals
-
