@@ -1,334 +1,35 @@
-"""The recommender benchmark's scoring (benchmarks/recommend/regret.py): learning rates
-chosen on validation, regret against the best arm, thresholds calibrated without the task
-being scored, and every method scored on the same cells."""
+"""`decide` with the shipped Thresholds, on the signals the benchmark measured, picks the
+arms the committed reports scored. A change to the decision or to a default that moves a
+user's recommendation on any of those cells fails here; the benchmark's own checks (its
+scoring, its frozen rule sets, `regret.py --check`) live in benchmarks/recommend/."""
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
+from collections import Counter
 from pathlib import Path
 
-import pytest
+from finetune.recommend import Decision, Thresholds, decide
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "recommend"))
-import regret  # noqa: E402
-
-
-def _row(task, size, arm, lr, val, test, seed=0, cpu=1.0):
-    return {"task": task, "size": str(size), "arm": arm, "seed": str(seed), "lr": str(lr),
-            "val_accuracy": str(val), "val_accuracy_epoch1": "", "test_accuracy": str(test),
-            "cpu_s": str(cpu), "epochs": "5", "status": "ok"}
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "recommend" / "results"
 
 
-# The core arms, each at its default learning rate (listed in the order rows are made).
-CORE_LRS = {"linear": 1e-2, "lp-ft": 3e-4, "partial-1": 1e-3, "partial-2": 1e-3, "full": 1e-3, "surgical-1": 1e-3}
+def _arm(d: Decision) -> str:
+    """The benchmark's name for the run a decision asks for: partial and surgical runs
+    train 1 to 3 stages there."""
+    if d.strategy in ("partial", "surgical"):
+        return f"{d.strategy}-{min(3, max(1, d.unfreeze or 1))}"
+    return d.strategy
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def test_the_learning_rate_is_chosen_on_validation_never_on_test():
-    rows = [_row("t", 5, "full", 1e-3, val=0.9, test=0.5), _row("t", 5, "full", 3e-4, val=0.8, test=0.99),
-            _row("t", 5, "full", 1e-3, val=0.7, test=0.6, seed=1),
-            _row("t", 5, "full", 3e-4, val=0.75, test=0.8, seed=1)]
-    table = regret.load_oracle(rows)
-    # seed 0 keeps lr 1e-3 (val 0.9, test 0.5), seed 1 lr 3e-4 (val 0.75, test 0.8)
-    assert table[("t", 5)]["full"]["acc"] == pytest.approx((0.5 + 0.8) / 2)
-    assert table[("t", 5)]["full"]["seeds"] == 2
-
-
-def test_regret_is_the_best_arm_minus_the_pick_in_points():
-    table = {("t", 5): {"linear": {"acc": 0.90}, "full": {"acc": 0.95}}}
-    assert regret.regret_of(table, {("t", 5): "linear"}) == {("t", 5): pytest.approx(5.0)}
-    assert regret.regret_of(table, {("t", 5): "full"}) == {("t", 5): 0.0}
-    assert regret.regret_of(table, {("t", 5): "lp-ft"}) == {}  # not run: not scored
-
-
-def test_thresholds_are_calibrated_without_the_task_they_decide(monkeypatch):
-    """A toy decision: linear below `little_per_class` images per class, full above.
-    Tasks b and c want the line at 25 (full wins at 30/class); task a alone would want
-    it at 100. Leave-one-task-out must give a the line the other two chose."""
-    monkeypatch.setattr(regret, "GRID", {"little_per_class": (10.0, 25.0, 50.0, 100.0)})
-
-    def toy(rec, thr):
-        return "linear" if rec["per_class"] < thr.little_per_class else "full"
-
-    monkeypatch.setattr(regret, "recommended_arm", toy)
-    cells = [("a", 30), ("a", 60), ("b", 30), ("b", 60), ("c", 30), ("c", 60)]
-    signals = {c: {"per_class": c[1]} for c in cells}
-    best_full = {"linear": {"acc": 0.80}, "full": {"acc": 0.90}}
-    best_linear = {"linear": {"acc": 0.90}, "full": {"acc": 0.80}}
-    table = {c: (best_linear if c[0] == "a" else best_full) for c in cells}
-    base = regret.Thresholds(little_per_class=50.0)
-    picks, chosen = regret.leave_one_task_out(table, signals, cells, base=base)
-    assert chosen["a"]["little_per_class"] <= 25  # from b and c: full at 30 and 60
-    assert picks[("a", 30)] == picks[("a", 60)] == "full"  # so a, scored, has regret 10
-    # For b, a and c disagree (every line costs a mean of 5 points): ties keep the base.
-    assert chosen["b"]["little_per_class"] == chosen["c"]["little_per_class"] == 50.0
-    # Calibrated on all three tasks (a wrong protocol), a's own wish would weigh in:
-    everything = regret.calibrate(table, signals, [c for c in cells if c[0] == "a"], base)
-    assert everything.little_per_class == 100.0
-
-
-def test_one_epoch_baseline_picks_by_first_epoch_validation():
-    table = {("t", 20): {
-        "linear": {"acc": 0.8, "val": 0.70, "val1": 0.5, "cpu": 2.0, "epochs": 100},
-        "full": {"acc": 0.9, "val": 0.95, "val1": 0.60, "cpu": 100.0, "epochs": 10},
-        "lp-ft": {"acc": 0.85, "val": 0.90, "val1": 0.75, "cpu": 60.0, "epochs": 10},
-    }}
-    picks, probe_cpu = regret.one_epoch_each(table, [("t", 20)])
-    assert picks == {("t", 20): "lp-ft"}  # 0.75 after one epoch beats linear's final 0.70
-    assert probe_cpu[("t", 20)] == pytest.approx(2.0 + 100.0 / 10 + 60.0 / 10)
-
-
-def test_paired_differences_resample_whole_tasks():
-    """Task a: the recommender (linear) loses 10 points on both sizes against full;
-    task b: it wins 10 on both. Mean difference 0; resampling tasks, a draw holds both
-    of a task's cells or neither, so every draw's mean is -10, 0 or +10."""
-    cells = [("a", 5), ("a", 20), ("b", 5), ("b", 20)]
-    table = {c: ({"linear": {"acc": 0.8}, "full": {"acc": 0.9}} if c[0] == "a"
-                 else {"linear": {"acc": 0.9}, "full": {"acc": 0.8}}) for c in cells}
-    picks = {"rec": {c: "linear" for c in cells}, "always full": {c: "full" for c in cells}}
-    diffs = regret.paired_differences(table, picks, "rec", cells, draws=2000, seed=1)
-    assert list(diffs) == ["always full"]
-    d = diffs["always full"]
-    assert d["mean"] == pytest.approx(0.0)
-    assert d["low"] == pytest.approx(-10.0) and d["high"] == pytest.approx(10.0)
-    # The same seed gives the same interval (regret.md regenerates byte for byte).
-    assert regret.paired_differences(table, picks, "rec", cells, draws=2000, seed=1) == diffs
-
-
-def test_a_difference_that_cancels_reads_plus_zero():
-    """Two cells of one task, -1.25 and +1.25 points apart on 160 test images, cancel in
-    float arithmetic to about -6e-15: the report says +0.00 (it said -0.00), and real
-    differences keep their sign."""
-    cancelled = (100 * (141 / 160 - 143 / 160) + 100 * (142 / 160 - 140 / 160)) / 2
-    assert cancelled < 0 and f"{cancelled:+.2f}" == "-0.00"
-    assert regret.signed(cancelled) == "+0.00"
-    assert regret.signed(-0.0) == "+0.00"
-    assert regret.signed(-0.004) == "-0.00"  # a real, small loss
-    assert regret.signed(-0.006) == "-0.01"
-    assert regret.signed(1.25) == "+1.25"
-    assert regret.signed(-3.3) == "-3.30"
-
-
-def test_a_seed_counts_only_where_it_ran_every_core_arm():
-    """Seed 1 was cut short before `full` ran: comparing linear over two seeds with full
-    over one would compare different runs, so seed 1 is left out of the cell; an extra
-    arm that only seed 0 ran stays (it ran on every seed that counts)."""
-    rows = [_row("t", 5, "linear", 1e-2, 0.9, 0.90), _row("t", 5, "full", 1e-3, 0.9, 0.80),
-            _row("t", 5, "surgical-3", 1e-3, 0.9, 0.85),
-            _row("t", 5, "linear", 1e-2, 0.9, 0.60, seed=1)]
-    cell = regret.load_oracle(rows)[("t", 5)]
-    assert cell["linear"]["acc"] == pytest.approx(0.90) and cell["linear"]["seeds"] == 1
-    assert set(cell) == {"linear", "full", "surgical-3"}
-    rows.append(_row("t", 5, "full", 1e-3, 0.9, 0.70, seed=1))  # seed 1 complete: both count
-    cell = regret.load_oracle(rows)[("t", 5)]
-    assert cell["linear"]["acc"] == pytest.approx(0.75) and cell["full"]["acc"] == pytest.approx(0.75)
-    assert "surgical-3" not in cell  # seed 0 only, while both seeds count
-
-
-def test_gpu_rows_count_for_accuracy_not_for_cpu_seconds():
-    rows = [_row("t", 5, "linear", 1e-2, 0.9, 0.90, cpu=10.0),
-            {**_row("t", 5, "linear", 1e-2, 0.9, 0.80, seed=1, cpu=1.0), "device": "cuda"}]
-    cell = regret.load_oracle(rows)[("t", 5)]
-    assert cell["linear"]["acc"] == pytest.approx(0.85) and cell["linear"]["cpu"] == pytest.approx(10.0)
-
-
-def test_noise_floor_picks_on_the_other_seeds_and_scores_on_the_left_out_one():
-    """Arm a is best on seed 0, b on seed 1. Left-out seed 0 picks b (better on seed 1)
-    and gets 0.80; left-out seed 1 picks a and gets 0.80: the oracle (means 0.85 both)
-    loses 5 points to noise although each arm's mean is the best."""
-    by_seed_a, by_seed_b = {0: 0.90, 1: 0.80}, {0: 0.80, 1: 0.90}
-    table = {("t", 5): {"a": {"acc": 0.85, "by_seed": by_seed_a}, "b": {"acc": 0.85, "by_seed": by_seed_b}},
-             ("t", 20): {"a": {"acc": 0.9, "by_seed": {0: 0.9}}}}
-    floor = regret.noise_floor(table, [("t", 5), ("t", 20)])
-    assert floor == {("t", 5): pytest.approx(5.0)}  # one seed: no floor
-
-
-def test_sizes_scores_only_those_cells_while_every_cell_calibrates(tmp_path):
-    """`--sizes 20` (the held-out size of a new sweep) scores the 20-per-class cells
-    alone, on the committed signals of two tasks; the 5-per-class cells are not scored."""
-    rows = [_row(task, size, arm, lr, 0.9, 0.5 + 0.05 * i + 0.01 * (size == 20))
-            for task in ("digits", "photos") for size in (5, 20) for i, (arm, lr) in enumerate(CORE_LRS.items())]
-    path = _write_csv(tmp_path / "oracle.csv", rows)
-    out = tmp_path / "regret"
-    regret.main(["--csv", str(path), "--sizes", "20", "--out", str(out)])
-    saved = json.loads(out.with_suffix(".json").read_text())
-    assert saved["results"]["always lp-ft"]["cells"] == 2
-    # surgical-1 (listed last) is the best arm everywhere: always-linear loses 25 points.
-    assert saved["results"]["always linear"]["mean"] == pytest.approx(25.0)
-    text = out.with_suffix(".md").read_text()
-    assert "| digits | 20 |" in text and "| digits | 5 |" not in text
-    # The signals table has a pick column for every frozen set, then current and LOTO.
-    picks = [f"{name} pick" for name in regret.FROZEN_DEFAULTS] + ["early-shift line pick", "current pick",
-                                                                    "LOTO pick"]
-    assert "| cell | " + " | ".join(picks) + " |" in text
-
-
-def test_loto_ties_go_to_the_anchor_defaults(tmp_path):
-    """Where every arm scores the same, every grid point ties on the other tasks, so each
-    fold keeps the grid values of the --loto-anchor set (here the pre-sweep defaults, none
-    of which is the current default for all keys)."""
-    rows = [_row(task, size, arm, lr, 0.9, 0.5) for task in ("digits", "photos") for size in (5, 20)
-            for arm, lr in CORE_LRS.items()]
-    path = _write_csv(tmp_path / "oracle.csv", rows)
-    out = tmp_path / "regret"
-    regret.main(["--csv", str(path), "--loto-anchor", "pre-sweep", "--out", str(out)])
-    saved = json.loads(out.with_suffix(".json").read_text())
-    expected = {k: getattr(regret.PRE_SWEEP, k) for k in regret.GRID}
-    assert saved["loto_anchor"] == "pre-sweep"
-    assert saved["thresholds_loto"] == {"digits": expected, "photos": expected}
-    assert "ties went to the grid values nearest the pre-sweep defaults" in out.with_suffix(".md").read_text()
-
-
-def test_a_cell_cut_short_neither_calibrates_nor_is_scored_but_is_listed(tmp_path):
-    """photos-20 ran only lp-ft and the current defaults' pick (linear), as a deadline
-    can leave a registered cell: its best arm is not its oracle, so it is kept out of
-    the calibration and of every score, and listed with the paired pick-minus-lp-ft."""
-    rows = [_row(task, size, arm, lr, 0.9, 0.5 + 0.05 * i) for task, size in (("digits", 5), ("digits", 20),
-            ("photos", 5)) for i, (arm, lr) in enumerate(CORE_LRS.items())]
-    rows += [_row("photos", 20, "lp-ft", 3e-4, 0.9, 0.75), _row("photos", 20, "linear", 1e-2, 0.9, 0.8)]
-    path = _write_csv(tmp_path / "oracle.csv", rows)
-    out = tmp_path / "regret"
-    regret.main(["--csv", str(path), "--out", str(out)])
-    saved = json.loads(out.with_suffix(".json").read_text())
-    assert saved["incomplete_cells"]["photos-20"] == {
-        "arms": {"linear": 0.8, "lp-ft": 0.75}, "current_pick": "linear", "pick_minus_lpft": pytest.approx(5.0)}
-    assert "photos-20" not in saved["oracle"] and "photos-20" not in saved["picks"]["recommender (LOTO)"]
-    assert saved["results"]["always lp-ft"]["cells"] == 3
-    assert "| photos | 20 | linear 80.0, lp-ft 75.0 | linear | +5.0 |" in out.with_suffix(".md").read_text()
-
-
-# Each frozen set as it shipped, every field spelled out: a later change to a default in
-# finetune.recommend.Thresholds must not move the rows that score the old sets.
-SHIPPED = {
-    "pre-sweep": {"little_per_class": 50.0, "very_little_per_class": 10.0, "little_similar_lpft_error": 1.0,
-                  "headroom": 0.02, "lpft_kappa": 0.6, "similar_score": 0.7},
-    "session-5": {"little_per_class": 50.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
-                  "headroom": 0.02, "lpft_kappa": 0.0, "similar_score": 0.7},
-    "session-6": {"little_per_class": 100.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
-                  "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.7},
-    "session-7": {"little_per_class": 200.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
-                  "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.7},
-    "session-9": {"little_per_class": 200.0, "very_little_per_class": 0.0, "little_similar_lpft_error": 0.0,
-                  "headroom": 0.0, "lpft_kappa": 0.0, "similar_score": 0.5},
-}
-UNCHANGED_SINCE_THE_PILOT = {"probe_weight": 0.5, "shift_scale": 1.0, "similar_kappa_no_bn": 0.8, "plateau": 0.01,
-                             "pixel_shift": 0.3, "pixel_share": 0.4, "semantic_hot": 0.6, "full_share": 0.5,
-                             "similar_score_shifted": None}
-
-
-@pytest.mark.parametrize("name", list(SHIPPED))
-def test_frozen_default_sets_do_not_follow_the_current_defaults(name):
-    assert regret.FROZEN_DEFAULTS[name].to_json() == {**UNCHANGED_SINCE_THE_PILOT, **SHIPPED[name]}
-
-
-def test_the_registered_candidate_is_scored_as_frozen(tmp_path):
-    """Session 12's early-shift line, on the committed signals of two 400-per-class
-    cells: on glyphs (shift 1.01 left after early AdaBN, score 0.61) it picks partial-2
-    where the current defaults pick lp-ft; on photos-rotation (0.19, score 0.68) both pick
-    lp-ft. Synthetic accuracies: partial-2 best on glyphs by 3 points, lp-ft on rotation."""
-    assert regret.EARLY_SHIFT.to_json() == {**UNCHANGED_SINCE_THE_PILOT, **SHIPPED["session-7"],
-                                            "similar_score_shifted": 0.5}
-    acc = {"glyphs": {"partial-2": 0.93, "lp-ft": 0.90}, "photos-rotation": {"partial-2": 0.80, "lp-ft": 0.85}}
-    rows = [_row(task, 400, arm, lr, 0.9, acc[task].get(arm, 0.7)) for task in acc for arm, lr in CORE_LRS.items()]
-    out = tmp_path / "regret"
-    regret.main(["--csv", str(_write_csv(tmp_path / "oracle.csv", rows)), "--out", str(out)])
-    saved = json.loads(out.with_suffix(".json").read_text())
-    row = "recommender (early-shift line, session 12)"
-    assert saved["picks"][row] == {"glyphs-400": "partial-2", "photos-rotation-400": "lp-ft"}
-    assert saved["picks"][regret.CURRENT] == {"glyphs-400": "lp-ft", "photos-rotation-400": "lp-ft"}
-    assert saved["results"][row]["mean"] == pytest.approx(0.0)
-    assert saved["results"][regret.CURRENT]["mean"] == pytest.approx(1.5)
-    assert saved["differences"][regret.CURRENT][row]["mean"] == pytest.approx(1.5)
-
-
-def _images(split_dir: Path) -> dict[str, list[bytes]]:
-    from PIL import Image
-
-    return {c.name: [Image.open(f).tobytes() for f in sorted(c.glob("*.png"), key=lambda p: int(p.stem))]
-            for c in sorted(split_dir.iterdir())}
-
-
-def test_sizes_above_the_pool_nest_and_leave_the_smaller_sizes_unchanged(tmp_path, monkeypatch):
-    """A size above the pool (here 40 over a pool of 20, as 200 over 100) keeps the pool's
-    val and train images and adds new ones from a second stream; test images are the same
-    at every size, no image is in two splits, and the smaller sizes are the images that a
-    build without the large size writes."""
-    import tasks
-
-    monkeypatch.setattr(tasks, "POOL", 20)
-    monkeypatch.setattr(tasks, "LARGEST", 40)
-    monkeypatch.setattr(tasks, "TEST_PER_CLASS", 4)
-    small = tasks.build_task("grey-crops", tmp_path / "a", sizes=(5, 20))
-    both = tasks.build_task("grey-crops", tmp_path / "b", sizes=(5, 20, 40))
-    for size in (5, 20):
-        assert tasks.pixel_digest(small[size]) == tasks.pixel_digest(both[size])
-    split = {(size, name): _images(both[size] / name) for size in (20, 40) for name in ("train", "val", "test")}
-    for cls, test in split[20, "test"].items():
-        assert split[40, "test"][cls] == test
-        assert split[40, "train"][cls][:20] == split[20, "train"][cls] and len(split[40, "train"][cls]) == 40
-        assert split[40, "val"][cls][:5] == split[20, "val"][cls] and len(split[40, "val"][cls]) == 10
-        large = split[40, "train"][cls] + split[40, "val"][cls] + test
-        assert len(set(large)) == len(large)  # the second stream repeats no image
-    with pytest.raises(ValueError, match="raise tasks.LARGEST"):
-        tasks.task_sizes("grey-crops", (80,))
-
-
-def test_corrupted_sources_keep_their_classes_and_change_only_the_pixels():
-    """Session 12's tasks: the corruption of another source keeps its classes and image
-    count; pixelate leaves 8 x 8-pixel blocks (96 / 12) of one colour; dither leaves each
-    channel at 0 or 255, and the clean photos it starts from are not already so."""
-    import numpy as np
-    import tasks
-
-    clean = tasks.TASKS["textures"](3, 0)
-    built = {name: tasks.TASKS[name](3, 0) for name in ("textures-pixelate", "grey-crops-pixelate", "photos-dither")}
-    for arrays in built.values():
-        assert len(arrays) == 8 and all(len(v) == 3 and v[0].shape == (96, 96, 3) for v in arrays.values())
-    pixelated = built["textures-pixelate"]
-    assert sorted(pixelated) == sorted(clean)
-    for images in pixelated.values():
-        blocks = images[0].reshape(12, 8, 12, 8, 3)
-        assert (blocks == blocks[:, :1, :, :1]).all()
-    photos = tasks.TASKS["photos"](3, 0)
-    assert sorted(built["photos-dither"]) == sorted(photos)
-    for images in built["photos-dither"].values():
-        assert set(np.unique(images[0])) <= {0, 255}
-    assert all(len(np.unique(v[0])) > 2 for v in photos.values())
-
-
-def test_plan_lists_the_runs_not_done_cell_by_cell(monkeypatch, tmp_path):
-    """`oracle.py --plan`: one TASK:SEED:ARM job per arm of each cell (the recommender's
-    extra picks included), cells in task then seed order, finished runs left out."""
-    import oracle
-
-    monkeypatch.setattr(oracle, "build_task", lambda task, root, sizes: {s: tmp_path / task for s in sizes})
-    monkeypatch.setattr(oracle, "cell_arms", lambda args, task, size, path: ["full", "linear"]
-                        + (["partial-3"] if task == "fonts" else []))
-    args = oracle.argparse.Namespace(tasks=["fonts", "photos"], sizes=[200], seeds=[0, 1], lrs="default", root="")
-    done = {("fonts", 200, "linear", 0, "0.01"), ("photos", 200, "full", 1, "0.001")}
-    assert oracle.plan(args, done) == [
-        "fonts:0:full", "fonts:0:partial-3", "fonts:1:full", "fonts:1:linear", "fonts:1:partial-3",
-        "photos:0:full", "photos:0:linear", "photos:1:linear"]
-
-
-def test_a_build_under_another_layout_is_not_reused(tmp_path, monkeypatch):
-    """Changing LARGEST re-draws the sizes above the pool, so the finished build's marker
-    must not let the old images through."""
-    import tasks
-
-    monkeypatch.setattr(tasks, "POOL", 20)
-    monkeypatch.setattr(tasks, "TEST_PER_CLASS", 4)
-    monkeypatch.setattr(tasks, "LARGEST", 40)
-    before = tasks.pixel_digest(tasks.build_task("grey-crops", tmp_path, sizes=(30,))[30])
-    monkeypatch.setattr(tasks, "LARGEST", 60)
-    after = tasks.pixel_digest(tasks.build_task("grey-crops", tmp_path, sizes=(30,))[30])
-    assert before != after
+def test_the_shipped_thresholds_pick_what_the_benchmark_scored():
+    committed = json.loads((RESULTS / "regret.json").read_text())["picks"]["recommender (current defaults)"]
+    picks = {}
+    for cell in committed:
+        signals = json.loads((RESULTS / "signals" / f"{cell}.json").read_text())
+        picks[cell] = _arm(decide(signals["similarity"], signals["stats"], Thresholds()))
+    assert picks == committed
+    # Every branch a user can get is among them, not one arm everywhere.
+    assert len(picks) >= 90 and {"linear", "lp-ft", "full"} <= set(picks.values())
+    assert Counter(a.split("-")[0] for a in picks.values())["partial"] >= 5
+    assert any(a.startswith("surgical-") for a in picks.values())
