@@ -16,8 +16,9 @@ from pathlib import Path
 
 import click
 
-from .config import AUGMENT_CHOICES, DISTRIBUTED, HEAD_FITS, STRATEGIES, ConfigError
+from .config import AUGMENT_CHOICES, DISTRIBUTED, HEAD_FITS, ConfigError
 from .deploy.formats import format_names, get_format
+from .strategies import AUTO, check_strategy, get_strategy, strategy_names
 
 log = logging.getLogger("finetune")
 
@@ -80,6 +81,22 @@ def _check_backbone(ctx, param, value):
         raise click.BadParameter(str(err)) from None
 
 
+class _StrategyChoice(click.Choice):
+    """The registered strategies and ``auto``; a misspelt one gets the nearest name."""
+
+    def __init__(self) -> None:
+        super().__init__([*strategy_names(), AUTO])
+
+    def convert(self, value, param, ctx):
+        try:
+            return check_strategy(value)
+        except ConfigError as err:
+            self.fail(str(err), param, ctx)
+
+
+_STRATEGY_HELP = "; ".join(f"{name}: {get_strategy(name).summary}" for name in strategy_names())
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="finetune")
 def main() -> None:
@@ -91,10 +108,8 @@ def main() -> None:
               "or builtin:NAME (photos, digits, glyphs; built offline).  [default: builtin:photos]")
 @click.option("--backbone", callback=_check_backbone,
               help="Backbone name (see `finetune models`) or timm:<name>.  [default: efficientnet_lite0]")
-@click.option("--strategy", type=click.Choice(STRATEGIES),
-              help="linear: head on frozen features; partial: last stages; full: everything; "
-              "lp-ft: linear probe, then full; surgical: linear probe, then the first stages; "
-              "auto: what `finetune recommend` says.  [default: linear]")
+@click.option("--strategy", type=_StrategyChoice(),
+              help=f"{_STRATEGY_HELP}; auto: what `finetune recommend` says.  [default: linear]")
 @click.option("--recipe", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML recipe (see recipes/); flags override it.")
 @click.option("--weights", help="'pretrained' (offline first), 'none' (random init), or a "

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from finetune.config import ConfigError, RunConfig, load_recipe, resolve_config
+from finetune.strategies import get_strategy
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 
@@ -15,7 +16,7 @@ def test_every_shipped_recipe_is_valid():
     assert len(RECIPES) >= 4
     for recipe in RECIPES:
         cfg = resolve_config(recipe)
-        assert cfg.strategy in ("linear", "partial", "full", "lp-ft"), recipe
+        assert get_strategy(cfg.strategy).name == cfg.strategy, recipe  # registered, not auto
 
 
 def test_flags_override_recipe(tmp_path):
@@ -36,8 +37,10 @@ def test_unknown_key_suggests_nearest(tmp_path, key, suggestion):
 
 
 def test_bad_values_name_the_fix():
-    with pytest.raises(ConfigError, match="Invalid strategy 'ful'. Did you mean 'full'"):
-        RunConfig(strategy="ful")
+    with pytest.raises(ConfigError, match="Invalid augment 'medum'. Did you mean 'medium'"):
+        RunConfig(augment="medum")
+    with pytest.raises(ConfigError, match="Invalid head_fit 'lbgfs'. Did you mean 'lbfgs'"):
+        RunConfig(head_fit="lbgfs")
     with pytest.raises(ConfigError, match="val_fraction"):
         RunConfig(val_fraction=0.6, test_fraction=0.5)
 

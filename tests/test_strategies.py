@@ -1,4 +1,7 @@
-"""Strategies: what trains, at which learning rate, and frozen BatchNorm that never drifts."""
+"""Strategies: what trains, at which learning rate, and frozen BatchNorm that never drifts.
+
+The first tests run for every registered strategy: a new one is covered once it registers.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,19 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from click.testing import CliRunner
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from finetune.config import RunConfig
+from finetune.cli import main
+from finetune.config import ConfigError, RunConfig, resolve_config
 from finetune.models import create_backbone
-from finetune.strategies import plan
+from finetune.recommend import Decision
+from finetune.recommend.plan import plan_hyperparameters
+from finetune.strategies import AUTO, check_strategy, get_strategy, plan, strategy_names
 from finetune.training.module import FinetuneModule, count_trainable
+
+STRATEGIES = strategy_names()
 
 
 def _bn_state(modules) -> dict[str, torch.Tensor]:
@@ -31,6 +40,138 @@ def lite0():
     return create_backbone("efficientnet_lite0", num_classes=5)
 
 
+@pytest.fixture(scope="module")
+def resnet18():
+    return create_backbone("resnet18", num_classes=3)  # 5 stages, BatchNorm everywhere
+
+
+def _trained_as_spec_says(spec, phase, stages):
+    """The stages the spec's ``trains`` promises for this phase's unfreeze."""
+    if spec.trains in ("none", "all"):
+        return [] if spec.trains == "none" else stages
+    k = int(phase.unfreeze)
+    return stages[:k] if spec.trains == "first" else stages[len(stages) - k:]
+
+
+# --------------------------------------------------------------------------- every strategy
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_strategy_plans_its_defaults_on_a_small_backbone(name, resnet18):
+    spec = get_strategy(name)
+    assert spec.name == name
+    phases = plan(RunConfig(strategy=name, unfreeze=2 if spec.trains in ("last", "first") else None),
+                  resnet18)
+    last = phases[-1]
+    defaults = {key: d.value for key, d in spec.defaults.items()}
+    assert (last.epochs, last.lr, last.warmup_epochs) == (
+        defaults["epochs"], defaults["lr"], defaults["warmup_epochs"])
+    if not last.feature_cache:  # cached features see no augmentation, whatever the default
+        assert last.augment == defaults["augment"]
+    # What the recommender is told about the strategy is what the run does.
+    stages = resnet18.stages()
+    assert [s.name for s in last.trainable_stages(resnet18)] == [
+        s.name for s in _trained_as_spec_says(spec, last, stages)]
+    probe = phases[0]
+    assert spec.probe_first == (len(phases) > 1 and probe.feature_cache and probe.unfreeze == 0)
+    for phase in phases:
+        phase.freeze(resnet18)
+        trainable = sum(p.numel() for p in resnet18.parameters() if p.requires_grad)
+        in_groups = sum(p.numel() for g in phase.param_groups(resnet18, RunConfig()) for p in g["params"])
+        assert trainable == in_groups > 0, phase.name
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_flags_win_over_every_strategys_defaults(name, resnet18):
+    cfg = RunConfig(strategy=name, epochs=3, lr=7e-4, warmup_epochs=0.25, augment="strong",
+                    feature_cache=False, unfreeze=1)
+    last = plan(cfg, resnet18)[-1]
+    assert (last.epochs, last.lr, last.warmup_epochs, last.augment) == (3, 7e-4, 0.25, "strong")
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_every_default_and_planned_value_has_a_reason(name):
+    spec = get_strategy(name)
+    assert spec.summary.strip() and "\n" not in spec.summary
+    assert {"epochs", "lr", "warmup_epochs", "augment"} <= set(spec.defaults)
+    for key, default in spec.defaults.items():
+        assert key in RunConfig.keys(), key  # a flag or recipe value can override it
+        assert default.reason.strip() and "\n" not in default.reason, key
+    planned = spec.planning
+    low, high = planned.epoch_limits
+    assert 0 < low <= high and planned.target_steps > 0 and planned.lr > 0 and planned.lr_reason.strip()
+    assert all(f in STRATEGIES and f != name for f in planned.fallbacks)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_the_recommender_plans_every_strategy(name, resnet18):
+    spec = get_strategy(name)
+    names = [s.name for s in resnet18.stages()]
+    signals = {"stages": [{"name": n} for n in names], "forward_ms_per_image": 10.0,
+               "has_batchnorm": True, "shift_pixel": 0.5}
+    amount = {"train_images": 640, "val_images": 100, "test_images": 100}
+    unfreeze = 2 if spec.trains in ("last", "first") else None
+    decision = Decision(strategy=name, unfreeze=unfreeze, amount="large", similarity="similar",
+                        score=0.8, line=0.7, input_level=False, reasons=["the cell"])
+    p = plan_hyperparameters(decision, signals, amount, model=resnet18, image_size=64,
+                             batch_size=32, budget_minutes=None)
+    hp = {k: v["value"] for k, v in p.hyperparameters.items()}
+    assert p.strategy == name and hp["lr"] == spec.planning.lr
+    low, high = spec.planning.epoch_limits
+    # 640 images at batch 32: 20 steps an epoch
+    assert hp["epochs"] == min(high, max(low, math.ceil(spec.planning.target_steps / 20)))
+    assert ("lp_epochs" in hp) == spec.probe_first and hp.get("unfreeze") == unfreeze
+    assert p.estimated_minutes > 0
+    # A budget nothing fits ends at a linear head, with a warning.
+    tiny = plan_hyperparameters(decision, signals, amount, model=resnet18, image_size=64,
+                                batch_size=32, budget_minutes=1e-9)
+    assert tiny.strategy == "linear" and tiny.warnings
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_a_misspelt_strategy_names_the_nearest_one(name):
+    typo = name[:-1]
+    with pytest.raises(ConfigError, match=f"Invalid strategy '{typo}'. Did you mean '{name}'\\?") as err:
+        get_strategy(typo)
+    assert str(err.value).endswith(f"Choose one of: {', '.join(STRATEGIES)}, auto.")
+    with pytest.raises(ConfigError, match=f"Did you mean '{name}'"):
+        check_strategy(typo)
+    assert check_strategy(name) == name and check_strategy(AUTO) == AUTO
+
+
+def test_auto_is_resolved_before_planning(resnet18):
+    with pytest.raises(ConfigError, match="'auto' is resolved by the recommender"):
+        plan(RunConfig(strategy="auto"), resnet18)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_the_cli_lists_every_strategy(name):
+    result = CliRunner().invoke(main, ["run", "--help"], terminal_width=1000)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"{name}: {get_strategy(name).summary}" in text
+    assert f"|{name}|" in text or f"[{name}|" in text  # the choices
+
+
+@pytest.mark.parametrize("how", ["flag", "recipe"])
+def test_a_misspelt_strategy_fails_before_anything_is_written(tmp_path, photos_dir, how):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier run, which --overwrite would replace
+    args = ["run", "--data", str(photos_dir), "--output", str(out), "--overwrite", "-q"]
+    if how == "flag":
+        args += ["--strategy", "lienar"]
+    else:
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text("strategy: lienar\nepochs: 1\n")
+        assert resolve_config(recipe).strategy == "lienar"  # the config layer cannot check it
+        args += ["--recipe", str(recipe)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "'lienar'" in result.output and "Did you mean 'linear'?" in result.output
+    assert "Traceback" not in result.output
+    assert [f.name for f in out.iterdir()] == ["metrics.json"]
+
+
+# --------------------------------------------------------------------------- the built-in ones
 def test_linear_trains_only_the_head(lite0):
     phase = plan(RunConfig(strategy="linear"), lite0)[0]
     phase.freeze(lite0)

@@ -44,7 +44,7 @@ from ..run_folder import (
     check_run_dir,
     default_run_dir,
 )
-from ..strategies import Phase, plan
+from ..strategies import Phase, check_strategy, plan
 from .checkpointing import check_resume_data, resume_start, saved_history
 from .distributed import global_rank
 from .feature_cache import feature_splits
@@ -114,6 +114,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         progress: bool = True) -> RunResult:
     """Train ``cfg`` into its run folder and evaluate it; ``resume`` continues the latest
     checkpoint there, ``overwrite`` replaces an earlier run."""
+    check_strategy(cfg.strategy)  # a misspelt recipe fails here, before anything is written
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     prep = prepare(cfg, resume=resume, overwrite=overwrite)
     progress = progress and prep.rank0
