@@ -5,6 +5,7 @@ The first tests run for every registered strategy: a new one is covered once it 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,7 +20,15 @@ from finetune.config import ConfigError, RunConfig, resolve_config
 from finetune.models import create_backbone
 from finetune.recommend import Decision
 from finetune.recommend.plan import plan_hyperparameters
-from finetune.strategies import AUTO, check_strategy, get_strategy, plan, strategy_names
+from finetune.strategies import (
+    AUTO,
+    Default,
+    check_strategy,
+    get_strategy,
+    plan,
+    register,
+    strategy_names,
+)
 from finetune.training.module import FinetuneModule, count_trainable
 
 STRATEGIES = strategy_names()
@@ -135,6 +144,19 @@ def test_a_misspelt_strategy_names_the_nearest_one(name):
     with pytest.raises(ConfigError, match=f"Did you mean '{name}'"):
         check_strategy(typo)
     assert check_strategy(name) == name and check_strategy(AUTO) == AUTO
+
+
+def test_a_spec_without_a_default_or_its_reason_is_refused():
+    spec = get_strategy("partial")
+    defaults = dict(spec.defaults)
+    with pytest.raises(ValueError, match=r"defaults miss \['lr'\]"):
+        dataclasses.replace(spec, name="x", defaults={k: v for k, v in defaults.items() if k != "lr"})
+    with pytest.raises(ValueError, match="a reason for every default"):
+        dataclasses.replace(spec, name="x", defaults={**defaults, "lr": Default(1e-3, " ")})
+    with pytest.raises(ValueError, match="give an EpochCost exactly when the backbone trains"):
+        dataclasses.replace(spec, name="x", cost=None)
+    with pytest.raises(ValueError, match="'partial' is registered twice"):
+        register(spec)
 
 
 def test_auto_is_resolved_before_planning(resnet18):

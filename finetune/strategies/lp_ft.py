@@ -22,14 +22,14 @@ LP_FT = register(StrategySpec(
     # The fine-tuning phase's; the probe keeps `linear`'s.
     defaults={
         "epochs": Default(15, "the fine-tuning phase runs as `full` does"),
-        "lr": Default(1e-3, "`full`'s rate; the recommender plans 3e-4 from the data's size"),
+        "lr": Default(1e-3, "as `full`; `finetune recommend` plans a lower 3e-4 (planning below)"),
         "warmup_epochs": Default(1.0, "one epoch of warm-up, as `full`"),
         "augment": Default("medium", "everything moves: stronger augmentation against over-fitting"),
     },
     trains="all",
     planning=Planning(
         target_steps=200,  # fewer than full's 300: the head starts trained
-        epoch_limits=(3, 20),
+        epoch_limits=(3, 20),  # below full's (5, 30): the fine-tuning starts from a trained head
         lr=3e-4,
         lr_reason="the head starts trained, so fine-tuning takes small steps that keep the features "
                   "(Kumar et al. 2022 fine-tune after the probe at a lower rate)",

@@ -107,7 +107,9 @@ class StrategySpec:
 
 def register(spec: StrategySpec) -> StrategySpec:
     """Add a strategy under its name; a strategy's file calls this once."""
-    if spec.name in _SPECS or spec.name == AUTO:
+    if spec.name == AUTO:
+        raise ValueError("'auto' names the recommender's choice; give the strategy another name.")
+    if spec.name in _SPECS:
         raise ValueError(f"Strategy '{spec.name}' is registered twice; give it another name.")
     _SPECS[spec.name] = spec
     return spec

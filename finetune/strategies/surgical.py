@@ -29,10 +29,10 @@ SURGICAL = register(StrategySpec(
     summary="linear probe, then the first stages",
     build=_phases,
     defaults={
-        "epochs": Default(10, "the first stages adapt from a trained head, as many as partial"),
+        "epochs": Default(10, "as partial: a few stages adapt, here from a trained head"),
         "lr": Default(1e-3, "a moderate rate for the head; the first stages 10x less"),
         "warmup_epochs": Default(1.0, "one epoch of warm-up, as partial"),
-        "augment": Default("medium", "the pixel statistics the first stages see are what moves"),
+        "augment": Default("medium", "the first stages move: varied pixels keep them from fitting the few seen"),
         "unfreeze": Default(2, "the stem and the first stage, where pixel statistics live"),
     },
     trains="first",
