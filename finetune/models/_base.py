@@ -10,6 +10,11 @@ fine-tuning run never slices ``children()[:-1]``:
 ``stages()`` lists the backbone from stem to last stage; it is the unit that the
 ``partial`` strategy unfreezes, and together with ``get_classifier()`` it covers every
 parameter exactly once.
+
+A family names where its classifier sits (``classifier_path = "fc"``, or
+``"classifier.6"`` for the last layer of a Sequential); ``get_classifier()`` and
+``reset_classifier()`` live here once and read that path, so a fresh head takes the old
+one's place and the state_dict keys stay the reference's (torchvision's or timm's).
 """
 
 import abc
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .layers import create_classifier
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,8 +80,9 @@ class Stage:
 
 
 class Backbone(nn.Module, metaclass=abc.ABCMeta):
-    """Abstract base: subclasses define the layers and the five abstract methods below;
-    a subclass that misses one cannot be instantiated (checked at construction, not at
+    """Abstract base: subclasses define the layers, the three abstract methods below and
+    ``classifier_path``; a subclass that misses a method cannot be instantiated, and one
+    that names no classifier cannot even be defined (checked before any training, not at
     the first call hours into a run)."""
 
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
@@ -83,6 +91,22 @@ class Backbone(nn.Module, metaclass=abc.ABCMeta):
     default_unfreeze: int = 1
     num_features: int = 0
     num_classes: int = 0
+    # Dotted path from the model to its final classifier ("fc", "classifier.1"): the
+    # reference's name, so that a reset head keeps the reference's state_dict keys.
+    classifier_path: str = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        own_head = (
+            cls.get_classifier is not Backbone.get_classifier
+            and cls.reset_classifier is not Backbone.reset_classifier
+        )
+        if not cls.classifier_path and not own_head:
+            raise TypeError(
+                f"{cls.__name__} names no classifier: set classifier_path to the head's "
+                f"attribute path (e.g. classifier_path = 'fc'), or override both "
+                f"get_classifier and reset_classifier."
+            )
 
     @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
@@ -92,13 +116,22 @@ class Backbone(nn.Module, metaclass=abc.ABCMeta):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool and classify; ``pre_logits=True`` returns the pooled (B, num_features)."""
 
-    @abc.abstractmethod
     def get_classifier(self) -> nn.Module:
         """The final classifier module (the head that `linear` trains)."""
+        return self.get_submodule(self.classifier_path)
 
-    @abc.abstractmethod
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0: identity)."""
+        """Replace the classifier with a fresh one for ``num_classes`` (0: identity).
+
+        Only the final layer changes: dropout or pre-logits layers in front of it (VGG's
+        fc6 / fc7, MobileNet v3's hidden layer) keep their weights.
+        """
+        parent, _, leaf = self.classifier_path.rpartition(".")
+        # The first parameter is the stem's: the new head takes its device and dtype.
+        like = next(self.parameters())
+        head = create_classifier(self.num_features, num_classes, like=like)
+        setattr(self.get_submodule(parent), leaf, head)
+        self.num_classes = num_classes
 
     @abc.abstractmethod
     def stages(self) -> list[Stage]:

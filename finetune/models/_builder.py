@@ -79,13 +79,6 @@ def build_backbone(
     return model
 
 
-def init_linear_head(layer: nn.Module) -> None:
-    """Fresh classifier: small normal weights, zero bias (what timm and torchvision do)."""
-    if isinstance(layer, nn.Linear):
-        nn.init.normal_(layer.weight, std=0.01)
-        nn.init.zeros_(layer.bias)
-
-
 @torch.no_grad()
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ._base import Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
-from .layers import ActFactory, get_act_layer
+from .layers import ActFactory, create_classifier, get_act_layer
 
 __all__ = ["AlexNet", "ConvLayer", "cfgs", "local_response_norm"]
 
@@ -95,6 +95,7 @@ class AlexNet(Backbone):
     """
 
     default_unfreeze = 2  # the MLP and the last convolution block
+    classifier_path = "classifier.6"  # fc8
 
     def __init__(
         self,
@@ -146,7 +147,7 @@ class AlexNet(Backbone):
             nn.Dropout(p=drop_rate),
             nn.Linear(fc_dim, fc_dim),  # fc7
             act(),
-            nn.Linear(fc_dim, num_classes) if num_classes > 0 else nn.Identity(),  # fc8
+            create_classifier(fc_dim, num_classes, init=False),  # fc8
         )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,18 +157,6 @@ class AlexNet(Backbone):
         x = torch.flatten(self.avgpool(x), 1)  # (B, C * 6 * 6)
         x = self.classifier[:-1](x)  # fc6, fc7: (B, num_features)
         return x if pre_logits else self.classifier[-1](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        like = self.classifier[1].weight
-        fc: nn.Module = nn.Identity()
-        if num_classes > 0:
-            fc = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
-            init_linear_head(fc)
-        self.classifier[-1] = fc
 
     def stages(self) -> list[Stage]:
         blocks = [

@@ -29,10 +29,10 @@ import torch.utils.checkpoint as checkpoint
 from torch import nn
 
 from ._base import Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
 from ._weights import StateDict
-from .layers import get_act_layer
+from .layers import create_classifier, get_act_layer, init_linear_head
 
 __all__ = ["DENSENET_ARCHS", "DenseBlock", "DenseLayer", "DenseNet", "DenseNetArch", "Transition"]
 
@@ -133,6 +133,7 @@ class DenseNet(Backbone):
     """
 
     default_unfreeze = 1
+    classifier_path = "classifier"
 
     def __init__(
         self,
@@ -177,11 +178,8 @@ class DenseNet(Backbone):
 
         self.num_features = chs
         self.num_classes = num_classes
-        self.classifier = self._new_classifier(num_classes)
+        self.classifier = create_classifier(chs, num_classes, init=False)
         self._init_weights()
-
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def _init_weights(self) -> None:
         for module in self.modules():
@@ -203,15 +201,6 @@ class DenseNet(Backbone):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((2, 3))  # (B, num_features)
         return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        like = self.features.conv0.weight
-        self.classifier = self._new_classifier(num_classes).to(like.device, like.dtype)
-        init_linear_head(self.classifier)
 
     def stages(self) -> list[Stage]:
         # Each transition belongs to the block before it (the paper's Table 1 order); the

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import INCEPTION_MEAN, INCEPTION_STD, Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
 from ._weights import StateDict
-from .layers import ConvNormAct, make_divisible
+from .layers import ConvNormAct, create_classifier, make_divisible
 
 __all__ = [
     "B0_STAGES",
@@ -388,6 +388,7 @@ class EfficientNet(_EfficientNetPytorchKeys, Backbone):
     """
 
     default_unfreeze = 2
+    classifier_path = "classifier"
 
     def __init__(
         self,
@@ -441,11 +442,8 @@ class EfficientNet(_EfficientNetPytorchKeys, Backbone):
         self.conv_head = create_conv2d(in_chs, self.num_features, 1)
         self.bn2 = norm_layer(self.num_features)
         self.act2 = act_layer()
-        self.classifier = self._new_classifier(num_classes)
+        self.classifier = create_classifier(self.num_features, num_classes, init=False)
         _init_weights(self)
-
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act1(self.bn1(self.conv_stem(x)))  # (B, 32, H/2, W/2)
@@ -456,15 +454,6 @@ class EfficientNet(_EfficientNetPytorchKeys, Backbone):
         x = x.mean((2, 3))  # (B, 1280)
         x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        device = self.conv_head.weight.device  # after model.cuda(), the new head goes there too
-        self.classifier = self._new_classifier(num_classes).to(device)
-        init_linear_head(self.classifier)
 
     def stages(self) -> list[Stage]:
         stages = [Stage("stem", [self.conv_stem, self.bn1])]
@@ -484,6 +473,7 @@ class EfficientNetTv(_EfficientNetPytorchKeys, Backbone):
     """
 
     default_unfreeze = 2
+    classifier_path = "classifier.1"  # after the dropout
 
     def __init__(
         self,
@@ -518,11 +508,10 @@ class EfficientNetTv(_EfficientNetPytorchKeys, Backbone):
         self.num_features = 4 * in_chs  # 1280 for B0, 2560 for B7
         layers.append(ConvNormAct(in_chs, self.num_features, 1, norm_layer=norm_layer, act_layer=nn.SiLU))
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Dropout(drop_rate), self._new_linear(num_classes))
+        self.classifier = nn.Sequential(
+            nn.Dropout(drop_rate), create_classifier(self.num_features, num_classes, init=False)
+        )
         _init_weights(self)
-
-    def _new_linear(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)  # (B, num_features, H/32, W/32)
@@ -530,15 +519,6 @@ class EfficientNetTv(_EfficientNetPytorchKeys, Backbone):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((2, 3))  # (B, num_features)
         return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        device = self.features[0][0].weight.device
-        self.classifier[1] = self._new_linear(num_classes).to(device)
-        init_linear_head(self.classifier[1])
 
     def stages(self) -> list[Stage]:
         stem, *body, head = self.features

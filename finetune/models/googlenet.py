@@ -29,6 +29,7 @@ from ._base import Backbone, PretrainedCfg, Stage
 from ._builder import build_backbone
 from ._registry import register_model
 from ._weights import StateDict
+from .layers import create_classifier
 
 __all__ = ["INCEPTION_ROWS", "BasicConv2d", "GoogLeNet", "Inception", "InceptionAux", "InceptionRow"]
 
@@ -105,7 +106,7 @@ class InceptionAux(nn.Module):
         super().__init__()
         self.conv = BasicConv2d(in_chs, 128, 1)
         self.fc1 = nn.Linear(128 * 4 * 4, 1024)
-        self.fc2: nn.Module = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc2 = create_classifier(1024, num_classes, init=False)
         self.dropout = nn.Dropout(p=drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,6 +140,7 @@ class GoogLeNet(Backbone):
     """
 
     default_unfreeze = 1  # inception5
+    classifier_path = "fc"
 
     def __init__(
         self,
@@ -185,7 +187,7 @@ class GoogLeNet(Backbone):
         self.dropout = nn.Dropout(p=drop_rate)
         self.num_features = self.inception5b.out_chs
         self.num_classes = num_classes
-        self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = create_classifier(self.num_features, num_classes, init=False)
         _init_weights(self)
 
     def _transform_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -230,25 +232,14 @@ class GoogLeNet(Backbone):
         x, aux1, aux2 = self._features(x, with_aux=True)
         return self.forward_head(x), aux2, aux1
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
     def reset_classifier(self, num_classes: int) -> None:
-        """A fresh ``fc``, and fresh last layers of the auxiliary heads when they exist."""
-        self.num_classes = num_classes
+        """A fresh ``fc``, and fresh last layers of the auxiliary heads when they exist
+        (their outputs are added to the loss, so they must predict the same classes)."""
+        super().reset_classifier(num_classes)
         like = self.conv1.conv.weight
-        self.fc = self._new_linear(self.num_features, num_classes, like)
         for aux in (self.aux1, self.aux2):
             if aux is not None:
-                aux.fc2 = self._new_linear(aux.fc1.out_features, num_classes, like)
-
-    @staticmethod
-    def _new_linear(in_features: int, num_classes: int, like: torch.Tensor) -> nn.Module:
-        if num_classes <= 0:
-            return nn.Identity()
-        layer = nn.Linear(in_features, num_classes, device=like.device, dtype=like.dtype)
-        _init_weights(layer)
-        return layer
+                aux.fc2 = create_classifier(aux.fc1.out_features, num_classes, like=like)
 
     def stages(self) -> list[Stage]:
         # Each auxiliary head belongs to the stage it branches from, so unfreezing

@@ -1,8 +1,8 @@
 """Small building blocks shared by the model families.
 
 Only pieces whose behaviour is the same everywhere live here: the activation lookup that
-every family's ``act_layer`` option goes through, channel rounding, and conv -> norm ->
-act as an ``nn.Sequential``. Each family keeps its own blocks, because the state_dict
+every family's ``act_layer`` option goes through, channel rounding, conv -> norm -> act
+as an ``nn.Sequential``, and the classifier head that every family builds and resets. Each family keeps its own blocks, because the state_dict
 keys of a block are the reference implementation's (torchvision's or timm's) and must
 stay exactly those for the published weights to load.
 """
@@ -13,9 +13,13 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from torch import nn
 
-__all__ = ["ACT_LAYERS", "ActFactory", "ConvNormAct", "NormFactory", "get_act_layer", "make_divisible"]
+__all__ = [
+    "ACT_LAYERS", "ActFactory", "ConvNormAct", "NormFactory", "create_classifier", "get_act_layer",
+    "init_linear_head", "make_divisible",
+]
 
 ActFactory = Callable[[], nn.Module]
 NormFactory = Callable[[int], nn.Module]
@@ -95,3 +99,44 @@ class ConvNormAct(nn.Sequential):
         if act_layer is not None:
             layers.append(act_layer())
         super().__init__(*layers)
+
+
+def init_linear_head(layer: nn.Module) -> None:
+    """Fresh classifier: small normal weights, zero bias (what timm and torchvision do).
+
+    Small logits at the start keep the first steps' gradients from the new head from
+    swamping the pretrained layers below it.
+    """
+    if isinstance(layer, nn.Linear):
+        nn.init.normal_(layer.weight, std=0.01)
+        nn.init.zeros_(layer.bias)
+
+
+def create_classifier(
+    num_features: int,
+    num_classes: int,
+    *,
+    like: torch.Tensor | None = None,
+    init: bool = True,
+) -> nn.Module:
+    """The classifier head of every family: ``Linear(num_features, num_classes)``, or
+    ``Identity`` for 0 classes, so that the model returns its pooled features.
+
+    ``like`` gives the device and dtype: a head reset after ``model.cuda()`` or
+    ``.half()`` lands where the model lives, and on the meta device it allocates
+    nothing. ``init=False`` keeps PyTorch's default initialisation; a family's
+    constructor asks for it because its own init pass then covers the head, in the
+    reference's order of random draws, so seeded models stay the same.
+    """
+    if num_classes < 0:
+        raise ValueError(
+            f"num_classes must be 0 or more, got {num_classes}; "
+            f"use 0 for a model that returns its pooled features."
+        )
+    if num_classes == 0:
+        return nn.Identity()
+    kwargs = {} if like is None else {"device": like.device, "dtype": like.dtype}
+    layer = nn.Linear(num_features, num_classes, **kwargs)
+    if init:
+        init_linear_head(layer)
+    return layer

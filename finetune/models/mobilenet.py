@@ -30,9 +30,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import INCEPTION_MEAN, INCEPTION_STD, Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
-from .layers import ActFactory, ConvNormAct, NormFactory, get_act_layer, make_divisible
+from .layers import (
+    ActFactory,
+    ConvNormAct,
+    NormFactory,
+    create_classifier,
+    get_act_layer,
+    init_linear_head,
+    make_divisible,
+)
 
 __all__ = [
     "MOBILENET_V1_STAGES",
@@ -70,15 +78,6 @@ def _init_weights(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
             init_linear_head(m)
-
-
-def _linear(in_features: int, num_classes: int, like: torch.Tensor) -> nn.Module:
-    """A fresh classifier on the device and dtype of ``like``; 0 classes gives Identity."""
-    if num_classes <= 0:
-        return nn.Identity()
-    layer = nn.Linear(in_features, num_classes, device=like.device, dtype=like.dtype)
-    init_linear_head(layer)
-    return layer
 
 
 # ------------------------------------------------------------------------ MobileNet v1
@@ -140,6 +139,7 @@ class MobileNetV1(Backbone):
     """
 
     default_unfreeze = 2
+    classifier_path = "classifier"
 
     def __init__(
         self,
@@ -170,7 +170,7 @@ class MobileNetV1(Backbone):
 
         self.num_features = chs
         self.num_classes = num_classes
-        self.classifier = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = create_classifier(chs, num_classes, init=False)
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,13 +181,6 @@ class MobileNetV1(Backbone):
         x = x.mean((2, 3))  # (B, num_features)
         x = F.dropout(x, self.drop_rate, self.training)
         return x if pre_logits else self.classifier(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = _linear(self.num_features, num_classes, self.conv_stem.weight)
 
     def stages(self) -> list[Stage]:
         stages = [Stage("stem", [self.conv_stem, self.bn1, self.act1])]
@@ -270,6 +263,7 @@ class MobileNetV2(Backbone):
     """
 
     default_unfreeze = 2
+    classifier_path = "classifier.1"  # after the dropout
 
     def __init__(
         self,
@@ -297,7 +291,7 @@ class MobileNetV2(Backbone):
         self.features = nn.Sequential(*features)
 
         self.num_classes = num_classes
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        head = create_classifier(self.num_features, num_classes, init=False)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), head)
         _init_weights(self)
 
@@ -307,13 +301,6 @@ class MobileNetV2(Backbone):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.classifier[0](x.mean((2, 3)))  # (B, 1280), dropped out while training
         return x if pre_logits else self.classifier[1](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[1] = _linear(self.num_features, num_classes, self.features[0][0].weight)
 
     def stages(self) -> list[Stage]:
         return _stages_from_spans(self.features, self._spans)
@@ -455,6 +442,7 @@ class MobileNetV3(Backbone):
     """
 
     default_unfreeze = 2
+    classifier_path = "classifier.3"  # after the hidden layer and dropout
 
     def __init__(
         self,
@@ -489,7 +477,7 @@ class MobileNetV3(Backbone):
 
         self.num_features = make_divisible(head_channels * width_mult)
         self.num_classes = num_classes
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        head = create_classifier(self.num_features, num_classes, init=False)
         self.classifier = nn.Sequential(
             nn.Linear(last_conv, self.num_features),
             nn.Hardswish(inplace=True),
@@ -505,13 +493,6 @@ class MobileNetV3(Backbone):
         x = x.mean((2, 3))  # (B, 960 | 576)
         x = self.classifier[2](self.classifier[1](self.classifier[0](x)))  # (B, num_features)
         return x if pre_logits else self.classifier[3](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[3]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[3] = _linear(self.num_features, num_classes, self.classifier[0].weight)
 
     def stages(self) -> list[Stage]:
         stages = _stages_from_spans(self.features, self._spans)

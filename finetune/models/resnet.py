@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._base import Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
 from .attention import create_attn
-from .layers import ACT_LAYERS, ActFactory, get_act_layer
+from .layers import ACT_LAYERS, ActFactory, create_classifier, get_act_layer, init_linear_head
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "get_act_layer"]
 
@@ -177,6 +177,7 @@ class ResNet(Backbone):
     """
 
     default_unfreeze = 1
+    classifier_path = "fc"
 
     def __init__(
         self,
@@ -220,7 +221,7 @@ class ResNet(Backbone):
         self.num_features = in_chs
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.num_classes = num_classes
-        self.fc: nn.Module = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = create_classifier(in_chs, num_classes, init=False)
         self._init_weights(zero_init_last)
 
     @staticmethod
@@ -268,18 +269,6 @@ class ResNet(Backbone):
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return self.fc(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        if num_classes <= 0:
-            self.fc = nn.Identity()
-            return
-        like = self.conv1.weight
-        self.fc = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
-        init_linear_head(self.fc)
 
     def stages(self) -> list[Stage]:
         # act1 belongs to the stem: with PReLU it holds a parameter.

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from ._base import Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
+from .layers import create_classifier, init_linear_head
 
 __all__ = [
     "SHUFFLENET_V2_CHANNELS",
@@ -130,6 +131,7 @@ class ShuffleNetV2(Backbone):
     """
 
     default_unfreeze = 2
+    classifier_path = "fc"
 
     def __init__(
         self,
@@ -166,11 +168,8 @@ class ShuffleNetV2(Backbone):
         )
         self.num_features = last_chs
         self.num_classes = num_classes
-        self.fc = self._new_classifier(num_classes)
+        self.fc = create_classifier(last_chs, num_classes, init=False)
         init_linear_head(self.fc)
-
-    def _new_classifier(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.conv1(x))  # (B, 24, H/4, W/4)
@@ -182,15 +181,6 @@ class ShuffleNetV2(Backbone):
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean((2, 3))  # (B, num_features)
         return x if pre_logits else self.fc(x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        like = self.conv1[0].weight
-        self.fc = self._new_classifier(num_classes).to(like.device, like.dtype)
-        init_linear_head(self.fc)
 
     def stages(self) -> list[Stage]:
         # conv5 joins stage4: unfreezing the last stage includes the layer that produces

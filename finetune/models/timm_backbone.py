@@ -22,8 +22,9 @@ from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from ._base import Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._weights import StateDict
+from .layers import init_linear_head
 
 __all__ = ["TimmBackbone", "create_timm_backbone", "timm_pretrained_cfg"]
 
@@ -85,9 +86,14 @@ class TimmBackbone(Backbone):
         return self.model.get_classifier()
 
     def reset_classifier(self, num_classes: int) -> None:
+        """timm's own reset, which knows each architecture's head (a norm or pre-logits
+        layer before the classifier, a distillation head); the new layer then gets the
+        device, dtype and init that ``create_classifier`` gives every other family."""
+        like = next(self.parameters())
         self.model.reset_classifier(num_classes)
         self.num_classes = num_classes
-        init_linear_head(self.get_classifier())
+        head = self.get_classifier().to(like.device, like.dtype)  # timm builds it on the CPU
+        init_linear_head(head)
 
     def adapt_state_dict(self, state: StateDict) -> StateDict:
         """Map timm-keyed weights (timm's files, the hub, our own saved checkpoints) onto

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from ._base import Backbone, PretrainedCfg, Stage
-from ._builder import build_backbone, init_linear_head
+from ._builder import build_backbone
 from ._registry import register_model
-from .layers import ActFactory, get_act_layer
+from .layers import ActFactory, create_classifier, get_act_layer, init_linear_head
 
 __all__ = ["VGG", "cfgs"]
 
@@ -49,6 +49,7 @@ class VGG(Backbone):
     """
 
     default_unfreeze = 2  # the MLP and block5
+    classifier_path = "classifier.6"  # fc8
 
     def __init__(
         self,
@@ -92,7 +93,7 @@ class VGG(Backbone):
             nn.Linear(4096, 4096),  # fc7
             act(),
             nn.Dropout(p=drop_rate),
-            nn.Linear(4096, num_classes) if num_classes > 0 else nn.Identity(),  # fc8
+            create_classifier(4096, num_classes, init=False),  # fc8
         )
         self._init_weights()
 
@@ -116,18 +117,6 @@ class VGG(Backbone):
         x = torch.flatten(self.avgpool(x), 1)  # (B, 512 * 7 * 7)
         x = self.classifier[:-1](x)  # fc6, fc7: (B, 4096)
         return x if pre_logits else self.classifier[-1](x)
-
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[-1]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        like = self.classifier[0].weight
-        fc: nn.Module = nn.Identity()
-        if num_classes > 0:
-            fc = nn.Linear(self.num_features, num_classes, device=like.device, dtype=like.dtype)
-            init_linear_head(fc)
-        self.classifier[-1] = fc
 
     def stages(self) -> list[Stage]:
         blocks = [
