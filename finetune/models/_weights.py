@@ -1,6 +1,6 @@
 """Pretrained weights: found offline first, loaded safely, matched to our layer names.
 
-Resolution order (DESIGN.md): an explicit file, then a file shipped inside an installed
+Resolution order (docs/design.md): an explicit file, then a file shipped inside an installed
 package, then the torch hub and Hugging Face caches, then a download when the network
 allows. Every file is read with ``weights_only=True`` or as safetensors: a checkpoint
 that needs arbitrary code to unpickle is refused, never run.
