@@ -4,7 +4,9 @@ Structure (all 49, on the meta device, so VGG's 138 M parameters cost nothing): 
 3-class head, the head reset, stages + classifier covering every parameter exactly once,
 a sane pretrained configuration, the summary's totals and output shape. Real forward
 passes (output shape, no NaN) for all but the heaviest, at 64 px; one training step
-with a gradient for every parameter for the small ones (<= 8 M parameters).
+with a gradient for every parameter for the small ones (<= 8 M parameters). The shared
+``reset_classifier``: the head's size, init, place and dtype, the body untouched, and
+0 classes returning the pooled features.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ HEAVY = {
     "wide_resnet101_2", "resnext101_32x8d", "densenet161", "densenet201", "resnet152",
 }
 GRAD_MAX_PARAMS = 8_000_000
+# Up to ResNet-50's 25.6 M parameters the head reset is checked on real values; AlexNet's
+# 61 M or ResNet-101's 44.5 M take seconds each to initialise and get the meta checks.
+RESET_REAL_MAX_PARAMS = 30_000_000
 # Smallest inputs that survive the downsampling: AlexNet's unpadded 11x11/4 conv and three
 # 3x3/2 pools need 67 px (torchvision's padded variant 63); every other model runs at 16.
 SIZE = {"alexnet_2012": 67}
@@ -141,3 +146,75 @@ def test_a_backbone_missing_an_interface_method_cannot_be_built():
 
     with pytest.raises(TypeError, match="stages"):
         NoStages()
+
+
+def _head_prefix(model: nn.Module) -> str:
+    head = model.get_classifier()
+    return next(name for name, module in model.named_modules() if module is head)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_reset_classifier(name):
+    """The one reset every family shares: a fresh head of the asked size in the old one's
+    place (the reference's keys), the body untouched, and 0 classes giving the pooled
+    features. Models too big to initialise in a blink get the same checks on the meta
+    device in float64 (no values, but the new head must follow the dtype)."""
+    model = meta_backbone(name, num_classes=3).to(torch.float64)
+    heavy = sum(p.numel() for p in model.parameters()) > RESET_REAL_MAX_PARAMS
+    if not heavy:
+        torch.manual_seed(0)
+        model = create_backbone(name, num_classes=3)
+    model.eval()
+    like = next(model.parameters())
+    prefix = _head_prefix(model)
+    old_head = model.get_classifier()
+    before = model.state_dict(keep_vars=True)
+    body = {k: v for k, v in before.items() if not k.startswith(prefix + ".")}
+    assert len(body) < len(before)  # the head held tensors, so the split found it
+    x = torch.randn(2, 3, _size(name), _size(name), device=like.device, dtype=like.dtype)
+    with torch.no_grad():
+        pooled = model.pooled_features(x)
+    assert pooled.shape == (2, model.num_features)
+
+    model.reset_classifier(7)
+    head = model.get_classifier()
+    assert head is not old_head and isinstance(head, nn.Linear)
+    assert (head.weight.device, head.weight.dtype) == (like.device, like.dtype)
+    assert (head.in_features, head.out_features) == (model.num_features, 7)
+    assert model.num_classes == 7 and _head_prefix(model) == prefix
+    after = model.state_dict(keep_vars=True)
+    assert list(after) == list(before)  # same keys in the same order: reference weights still load
+    assert all(after[k] is v for k, v in body.items())  # the body's very tensors, untouched
+    with torch.no_grad():
+        assert model(x).shape == (2, 7)
+    if not heavy:
+        # The shared init: N(0, 0.01) weights, zero bias, whatever the family's own init.
+        assert 0.008 < head.weight.std().item() < 0.012
+        assert torch.equal(head.bias, torch.zeros(7))
+        with torch.no_grad():
+            assert torch.equal(model.pooled_features(x), pooled)
+
+    model.reset_classifier(0)
+    assert isinstance(model.get_classifier(), nn.Identity) and model.num_classes == 0
+    assert list(model.state_dict()) == list(body)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, model.num_features)
+    if not heavy:
+        assert torch.equal(out, pooled)
+
+
+
+def test_a_backbone_that_names_no_classifier_cannot_be_defined():
+    from finetune.models import Backbone
+
+    with pytest.raises(TypeError, match="NoHead names no classifier: set classifier_path"):
+        class NoHead(Backbone):
+            def forward_features(self, x):
+                return x
+
+            def forward_head(self, x, pre_logits=False):
+                return x
+
+            def stages(self):
+                return []
