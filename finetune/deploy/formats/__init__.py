@@ -1,14 +1,12 @@
-"""Export formats: one module per format, each registering one ``ExportFormat``.
-
-    finetune/deploy/formats/onnx.py         model.onnx, for onnxruntime
-    finetune/deploy/formats/torchscript.py  model.pt, for torch.jit.load
-    finetune/deploy/formats/safetensors.py  model.safetensors, the backbone's weights
+"""Export formats: one module per format, each registering one ``ExportFormat``; the
+module's docstring says what its format is for.
 
 Every module here whose name does not start with an underscore is imported below, so
 adding a format is adding one file that ends with ``register_format(ExportFormat(...))``.
-The modules import only what ``import finetune`` has loaded already (torch, the models);
-onnx and onnxruntime load inside the writer and the loader, so that the command line,
-which lists the formats in its help, stays light.
+The command line imports this package for ``export --help``, so a format module imports
+at its top only what ``import finetune`` loads anyway (torch, the models) and small
+libraries (safetensors, ~1 ms); a runtime such as onnx or onnxruntime is imported inside
+the writer or the loader.
 """
 
 from __future__ import annotations
