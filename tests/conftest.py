@@ -1,8 +1,14 @@
-"""Shared fixtures. The suite never touches the network: offline mode is forced here."""
+"""Shared fixtures. The suite never touches the network: offline mode is forced here, for
+this process and every child it starts, so no test needs to set it again.
+
+Session-scoped fixtures are built once and shared by every file that asks: a test that
+changes one (a model's weights, a dataset's files) works on a copy.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ["FINETUNE_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -31,6 +37,61 @@ def _cache_dirs(tmp_path_factory):
             os.environ[name] = value
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small batches (tens of images at 32-64 px) are not worth splitting across cores: with
+    two threads the hand-offs cost more than the work, and far more when other processes
+    share the cores. Files of such tests ask for it with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """Runs ``finetune ARGS...`` in this process (click's CliRunner) and returns click's
+    Result; arguments may be paths or numbers."""
+    from click.testing import CliRunner
+
+    from finetune.cli import main
+
+    runner = CliRunner()
+
+    def invoke(*args):
+        return runner.invoke(main, [str(a) for a in args])
+
+    return invoke
+
+
+# ---------------------------------------------------------------------------- models
+@pytest.fixture
+def images() -> torch.Tensor:
+    """Two 64 px noise images, the same in every test: (B, C, H, W) = (2, 3, 64, 64)."""
+    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """An empty TORCH_HOME, for tests of where pretrained weights are found; torch's hub
+    cache is its hub/ folder. torch.hub.get_dir() prefers a folder set by
+    torch.hub.set_dir() over $TORCH_HOME and reads both at call time, so that is cleared too."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """EfficientNet-Lite0 with its packaged ImageNet weights (the package's default
+    backbone, offline), in eval mode."""
+    from finetune.models import create_backbone
+
+    return create_backbone("efficientnet_lite0", pretrained=True).eval()
+
+
+# ---------------------------------------------------------------------------- datasets
 @pytest.fixture(scope="session")
 def photos_dir(tmp_path_factory):
     """The built-in natural-photo dataset, small: real crops of scikit-image's photos."""
@@ -41,6 +102,7 @@ def photos_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
+    """Handwritten digits, 30 per class at 64 px: data far from ImageNet."""
     from finetune.data.builtin import build_dataset
 
     return build_dataset("digits", root=tmp_path_factory.mktemp("datasets"), per_class=30, size=64)

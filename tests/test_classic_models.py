@@ -10,8 +10,6 @@ numbers a wrong layer order could not reproduce.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torchvision
@@ -30,16 +28,6 @@ TORCHVISION_VARIANTS = ["alexnet", *VGG_VARIANTS, "googlenet"]
 ACTIVATIONS = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU, "elu": nn.ELU, "selu": nn.SELU,
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
@@ -317,14 +305,6 @@ def test_googlenet_transform_input_is_on_by_default():
     assert _meta("googlenet").transform_input is True
     assert _meta("googlenet").pretrained_cfg.extra["transform_input"] is True
     assert _meta("googlenet", transform_input=False).transform_input is False
-
-
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch) -> Path:
-    """An empty TORCH_HOME (torch.hub.set_dir() would win over it, so clear that)."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    return tmp_path
 
 
 def test_googlenet_pretrained_from_the_torch_hub_cache(torch_home, googlenet_state, small_images):

@@ -5,13 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
-
-from finetune.cli import main
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, list(args))
 
 
 def _one_clear_line(result, *needles):
@@ -24,42 +17,42 @@ def _one_clear_line(result, *needles):
         assert needle in result.output, result.output
 
 
-def test_missing_data_path(tmp_path):
-    result = _invoke("run", "--data", str(tmp_path / "nope"), "-q")
+def test_missing_data_path(cli, tmp_path):
+    result = cli("run", "--data", str(tmp_path / "nope"), "-q")
     _one_clear_line(result, str(tmp_path / "nope"))
 
 
-def test_unknown_backbone_suggests_nearest():
-    result = _invoke("run", "--backbone", "resnt50")
+def test_unknown_backbone_suggests_nearest(cli):
+    result = cli("run", "--backbone", "resnt50")
     _one_clear_line(result, "Unknown backbone 'resnt50'", "'resnet50'")
 
 
-def test_unknown_strategy_lists_choices():
-    result = _invoke("run", "--strategy", "fine")
+def test_unknown_strategy_lists_choices(cli):
+    result = cli("run", "--strategy", "fine")
     _one_clear_line(result, "'fine'", "linear", "lp-ft")
 
 
-def test_weights_file_missing(tmp_path, photos_dir):
-    result = _invoke("run", "--data", str(photos_dir), "--weights", str(tmp_path / "w.pth"),
-                     "--output", str(tmp_path / "run"), "-q")
+def test_weights_file_missing(cli, tmp_path, photos_dir):
+    result = cli("run", "--data", str(photos_dir), "--weights", str(tmp_path / "w.pth"),
+                 "--output", str(tmp_path / "run"), "-q")
     _one_clear_line(result, "w.pth", "--weights")
 
 
-def test_run_and_evaluate_from_the_command_line(tmp_path, photos_dir):
+def test_run_and_evaluate_from_the_command_line(cli, tmp_path, photos_dir):
     out = tmp_path / "run"
-    result = _invoke("run", "--data", str(photos_dir), "--image-size", "96", "--epochs", "5",
-                     "--num-workers", "0", "--output", str(out), "-q")
+    result = cli("run", "--data", str(photos_dir), "--image-size", "96", "--epochs", "5",
+                 "--num-workers", "0", "--output", str(out), "-q")
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and str(out) in result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    result = _invoke("evaluate", str(out), "--json")
+    result = cli("evaluate", str(out), "--json")
     assert result.exit_code == 0, result.output
     again = json.loads(result.output)
     assert again["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
-def test_models_lists_registered_backbones():
-    result = _invoke("models", "--json")
+def test_models_lists_registered_backbones(cli):
+    result = cli("models", "--json")
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.output)}
     assert rows["resnet50"]["params"] == 25_557_032

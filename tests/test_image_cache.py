@@ -17,14 +17,14 @@ from finetune.data import DataError, discover
 from finetune.data import image_cache as ic
 from finetune.data.datamodule import FinetuneDataModule
 from finetune.data.images import load_image
-from finetune.models import create_backbone
 from finetune.training import run
 from finetune.training.trainer import quiet_lightning
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return create_backbone("efficientnet_lite0", pretrained=False).pretrained_cfg
+def cfg(lite0):
+    """The default backbone's preprocessing (size, mean, std, interpolation)."""
+    return lite0.pretrained_cfg
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import re
-from pathlib import Path
 
 import pytest
 import timm
@@ -47,16 +46,6 @@ ACTIVATIONS = {
     "relu6": nn.ReLU6, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU,
     "elu": nn.ELU, "selu": nn.SELU,
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
 def _reference(name: str, **kwargs) -> nn.Module:
@@ -225,11 +214,9 @@ def test_densenet_old_style_checkpoint_file_loads(tmp_path, old_style_state, den
 
 @torch.no_grad()
 def test_densenet_pretrained_reads_old_style_file_from_torch_hub_cache(
-    tmp_path, monkeypatch, old_style_state, densenet_reference, images,
+    torch_home, old_style_state, densenet_reference, images,
 ):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir() elsewhere would win
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / "densenet121-a639ec97.pth"
+    cached = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
     cached.parent.mkdir(parents=True)
     torch.save(old_style_state, cached)
     model = create_backbone("densenet121", pretrained=True, num_classes=3).eval()

