@@ -3,7 +3,7 @@
     python -m finetune.data.builtin photos            # -> datasets/photos/<class>/<i>.png
     python -m finetune.data.builtin all --per-class 20
 
-Three datasets cover the two columns of the strategy grid (DESIGN.md):
+Three datasets cover the two columns of the strategy grid (docs/design.md):
 
 * ``photos``: crops of scikit-image's bundled photographs (an astronaut, a cat, a coffee
   cup, a rocket launch, a motorcycle) and textures (brick, grass, gravel): natural

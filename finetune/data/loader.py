@@ -6,7 +6,7 @@ the last training step and after validation. The first step of every epoch then 
 for one worker to build a whole batch. On a GPU with a few-thousand-image set (15
 batches of 256 per epoch on one H100, ResNet-50, decoded-image cache) that wait held the
 pipeline at 77% of its synthetic-data rate; this loader brings it to 96-97%
-(docs/gpu.md).
+(docs/scaling.md).
 
 ``ContinuousLoader`` iterates one worker pool over the training batches pass after pass
 and hands out one pass per epoch. While an epoch ends and validation runs, the workers

@@ -4,7 +4,7 @@ Preprocessing comes from the weights (torchvision's habit), so it cannot drift f
 
     eval:  resize shorter side to floor(size / crop_pct) -> centre crop size x size
            -> Normalize(mean, std) -> CHW float32 tensor
-    train: graded by ``level`` (DESIGN.md: none for cached features, light for ``linear``,
+    train: graded by ``level`` (docs/design.md: none for cached features, light for ``linear``,
            stronger for ``full`` and the little-data cells):
              none    the eval pipeline
              light   RandomResizedCrop(scale 0.35..1) + horizontal flip

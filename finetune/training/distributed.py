@@ -1,6 +1,6 @@
 """Which process am I? Rank helpers for code that runs before (or after) Lightning's Trainer.
 
-The toolkit has no distribution layer of its own (DESIGN.md): Lightning's DDP does the
+The toolkit has no distribution layer of its own (docs/design.md): Lightning's DDP does the
 training, launched by torchrun, SLURM's srun or Lightning's own ``ddp_spawn``. Code
 outside ``trainer.fit`` (splitting, writing the run folder, feature extraction,
 evaluation) still has to know its rank so that only global rank 0 writes files and each
