@@ -11,10 +11,8 @@ import sys
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
 import finetune.training.runner
-from finetune.cli import main
 from finetune.config import ConfigError, RunConfig
 from finetune.training import run
 
@@ -22,11 +20,11 @@ TINY = ["--backbone", "efficientnet_lite0", "--image-size", "32", "--epochs", "2
         "--batch-size", "16", "--num-workers", "0", "--accelerator", "cpu", "-q"]
 
 
-def test_other_ranks_write_and_print_nothing(photos_dir, tmp_path, monkeypatch):
+def test_other_ranks_write_and_print_nothing(cli, photos_dir, tmp_path, monkeypatch):
     """A rank other than 0 trains but leaves config, splits, metrics and report to rank 0."""
     monkeypatch.setattr(finetune.training.runner, "global_rank", lambda: 1)
     out = tmp_path / "rank1"
-    result = CliRunner().invoke(main, ["run", "--data", str(photos_dir), "--output", str(out), *TINY])
+    result = cli("run", "--data", photos_dir, "--output", out, *TINY)
     assert result.exit_code == 0, result.output
     assert result.output == ""
     for name in ("config.yaml", "splits.json", "metrics.json", "report"):

@@ -20,15 +20,8 @@ from finetune.models import create_backbone, list_models
 from finetune.models._weights import local_weights_file
 from finetune.models.summary import format_summary, meta_backbone, summarize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors this small are not worth splitting across cores: with two threads, the
-    OpenMP hand-offs cost more than the work (and far more on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tensors this small are not worth splitting across cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(summary: dict) -> list[tuple]:
