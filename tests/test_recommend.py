@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 from PIL import Image, ImageFilter
 
 from finetune.cli import main
@@ -44,14 +43,8 @@ SIZE = 64  # small inputs keep each recommendation to a few seconds on two cores
 MAX_IMAGES = 80
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The recommender's passes are small 64 px batches: on two shared cores a second
-    intra-op thread mostly waits for the other processes, and slows them down several-fold."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The recommender's passes are small 64 px batches.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +53,6 @@ def small_digits(tmp_path_factory):
     from finetune.data.builtin import build_dataset
 
     return build_dataset("digits", root=tmp_path_factory.mktemp("digits"), per_class=12, size=64)
-
-
-@pytest.fixture(scope="module")
-def lite0():
-    return create_backbone("efficientnet_lite0", pretrained=True)
 
 
 def _recommend(path, model, **kw) -> Recommendation:
@@ -287,7 +275,7 @@ def test_decision_cells_and_refinements():
 
 def test_the_shifted_line_moves_only_data_whose_later_shift_stays_high():
     large = {"per_class_median": 400}
-    candidate = Thresholds(similar_score_shifted=0.5)  # registered in session 12
+    candidate = Thresholds(similar_score_shifted=0.5)  # the early-shift line the benchmark scores
     # glyph-like: features that separate the classes (kappa 0.85) in stages that drifted
     # (shift 1.0 left after early AdaBN): score 0.425 + 0.5 * exp(-1) = 0.61
     glyphs = _signals(probe_accuracy=0.865, kappa=0.85, shift_later_after_early_adabn=1.0, shift_later=1.7)
@@ -392,18 +380,16 @@ def test_report_names_every_part(digits_rec):
         assert part in text, part
 
 
-def test_cli_recommend_json(photos_dir):
-    result = CliRunner().invoke(main, ["recommend", "--data", str(photos_dir), "--backbone",
-                                       "efficientnet_lite0", "--image-size", str(SIZE),
-                                       "--max-images", "40", "--json"])
+def test_cli_recommend_json(cli, photos_dir):
+    result = cli("recommend", "--data", photos_dir, "--backbone", "efficientnet_lite0",
+                 "--image-size", SIZE, "--max-images", 40, "--json")
     assert result.exit_code == 0, result.output
     obj = json.loads(result.output)
     assert obj["similarity"]["subsample"] == 40 and obj["command"].startswith("finetune run")
 
 
-def test_cli_recommend_refuses_random_weights(photos_dir):
-    result = CliRunner().invoke(main, ["recommend", "--data", str(photos_dir), "--backbone",
-                                       "efficientnet_lite0", "--weights", "none"])
+def test_cli_recommend_refuses_random_weights(cli, photos_dir):
+    result = cli("recommend", "--data", photos_dir, "--backbone", "efficientnet_lite0", "--weights", "none")
     assert result.exit_code == 2 and "pretrained checkpoint" in result.output
 
 
