@@ -13,7 +13,7 @@ in order:
    ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never set, because it would silently feed
    half-grey images to training and change Pillow's behaviour for the whole process.
 4. Applies the EXIF orientation (phones store portrait photos sideways with a tag).
-5. Converts every mode to RGB (see ``_to_rgb``): transparency is composited on white,
+5. Converts every mode to RGB (see ``to_rgb``): transparency is composited on white,
    16-bit and float greyscale are stretched to 8 bits by their value range.
 
 Every failure is an ``ImageDecodeError`` whose ``reason`` is short enough to list in a
@@ -68,7 +68,7 @@ def load_image(
 ) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 RGB array, or raise ``ImageDecodeError``.
 
-    Mode conversion (``_to_rgb``):
+    Mode conversion (``to_rgb``):
       * ``RGB`` as is; ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ``RGBX`` -> RGB by Pillow;
       * anything with transparency (``RGBA``, ``LA``, ``PA``, a palette or greyscale image
         with a ``transparency`` entry) is composited over a WHITE background, so a logo on
@@ -124,9 +124,9 @@ def load_image(
             # Pillow reports truncation as OSError("image file is truncated ...") and
             # corrupt streams as OSError / SyntaxError / zlib ValueError.
             raise ImageDecodeError(path, f"truncated or corrupt: {_short(err)}") from None
-        image = _apply_exif_orientation(image, path)
+        image = apply_exif_orientation(image, path)
         try:
-            rgb = _to_rgb(image)
+            rgb = to_rgb(image)
         except (OSError, ValueError) as err:
             raise ImageDecodeError(path, f"unsupported image mode {image.mode!r} ({_short(err)})") from None
     return rgb
@@ -137,7 +137,7 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _apply_exif_orientation(image: Image.Image, path: Path) -> Image.Image:
+def apply_exif_orientation(image: Image.Image, path: Path) -> Image.Image:
     try:
         # in_place: no copy of a full-size image when there is nothing to rotate.
         ImageOps.exif_transpose(image, in_place=True)
@@ -146,7 +146,7 @@ def _apply_exif_orientation(image: Image.Image, path: Path) -> Image.Image:
     return image
 
 
-def _to_rgb(image: Image.Image) -> np.ndarray:
+def to_rgb(image: Image.Image) -> np.ndarray:
     mode = image.mode
     if mode == "RGB":
         return np.asarray(image, dtype=np.uint8).copy()

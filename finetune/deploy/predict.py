@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from ..data import ImageDecodeError, is_image_file, load_image
-from ..data.images import _apply_exif_orientation, _to_rgb
-from ..data.transforms import build_transform, resolve_sizes
+from ..data.images import apply_exif_orientation, to_rgb
+from ..data.transforms import build_transform, preprocess_spec, resolve_sizes
 from ..models import Backbone, PretrainedCfg
 from ..run_folder import load_run_model
 from .formats import MODEL_JSON, Forward, format_names, get_format, torch_forward
@@ -86,7 +86,7 @@ def to_rgb_array(image: ImageInput, *, draft_size: int | None = None) -> np.ndar
     if isinstance(image, (str, Path)):
         return load_image(image, draft_size=draft_size)
     if isinstance(image, Image.Image):
-        return _to_rgb(_apply_exif_orientation(image.copy(), Path("<PIL image>")))
+        return to_rgb(apply_exif_orientation(image.copy(), Path("<PIL image>")))
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(
@@ -194,8 +194,6 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
 
 def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Predictor:
     """The run's best checkpoint (read with ``weights_only=True``) and its eval pipeline."""
-    from ..data.transforms import preprocess_spec
-
     run_dir = Path(run_dir)
     model, cfg, splits = load_run_model(run_dir)
     spec = preprocess_spec(model.pretrained_cfg, cfg.image_size or model.pretrained_cfg.image_size)
