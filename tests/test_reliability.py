@@ -21,11 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 from _hostile import BROKEN, ODD_VALID, write_bomb, write_broken, write_odd_valid
-from click.testing import CliRunner
 from PIL import ImageFile
 
 import finetune.training.runner as train_mod
-from finetune.cli import main
 from finetune.config import RunConfig
 from finetune.data import DataError
 from finetune.models import UnsafeCheckpointError, create_backbone
@@ -79,10 +77,6 @@ def base_run(four_dir, tmp_path_factory):
 def _copy_run(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _one_clear_line(result, *needles, exit_code=2):
@@ -233,7 +227,7 @@ def _frozen_state_keys(model, phase) -> list[str]:
     return keys
 
 
-def test_kill_9_then_resume_continues_the_same_run(two_dir, tmp_path):
+def test_kill_9_then_resume_continues_the_same_run(cli, two_dir, tmp_path):
     """SIGKILL a `finetune run` child after its first checkpoint, then `--resume` it with a
     larger --epochs: it continues from where it died (same phase, frozen stages, BN
     statistics, optimizer groups, schedule position) and runs to the new end."""
@@ -259,7 +253,7 @@ def test_kill_9_then_resume_continues_the_same_run(two_dir, tmp_path):
     steps_per_epoch = killed["global_step"] // (killed["epoch"] + 1)
     assert steps_per_epoch == 3  # 12 training images, batch 4
 
-    result = _invoke(*args_for(6), "--resume")  # continue, and extend 5 -> 6 epochs
+    result = cli(*args_for(6), "--resume")  # continue, and extend 5 -> 6 epochs
     assert result.exit_code == 0, result.output
     final = load_checkpoint(last)
     assert final["epoch"] == 5 and final["global_step"] == 6 * steps_per_epoch
@@ -312,7 +306,7 @@ def test_resume_inside_lp_ft_second_phase_skips_the_probe(two_dir, tmp_path, mon
 
 
 # ---------------------------------------------------------------------- NaN / Inf
-def test_nan_loss_stops_the_run_naming_step_and_cause(four_dir, tmp_path, monkeypatch):
+def test_nan_loss_stops_the_run_naming_step_and_cause(cli, four_dir, tmp_path, monkeypatch):
     real_loss = FinetuneModule._loss
 
     def poisoned(self, logits, y):
@@ -321,7 +315,7 @@ def test_nan_loss_stops_the_run_naming_step_and_cause(four_dir, tmp_path, monkey
 
     monkeypatch.setattr(FinetuneModule, "_loss", poisoned)
     out = tmp_path / "run"
-    result = _invoke("run", *_flags(four_dir, out, epochs=3), "-q")
+    result = cli("run", *_flags(four_dir, out, epochs=3), "-q")
     _one_clear_line(result, "Loss is nan at epoch 1, step 4 of phase 'linear'",
                     "learning rate (0.01) is likely too high", "--lr")
     # Epoch 0 finished before the NaN: its checkpoint is what remains, finite.
@@ -372,7 +366,7 @@ def test_resume_on_changed_classes_is_explained(base_run, four_dir, tmp_path):
         run(_cfg(four_dir, run_dir, epochs=4), resume=True, progress=False)
 
 
-def test_evaluate_on_other_data_maps_labels_by_name(base_run, four_dir, tmp_path):
+def test_evaluate_on_other_data_maps_labels_by_name(cli, base_run, four_dir, tmp_path):
     # Two of the four classes: index 0 and 1 here are 'coffee' and 'rocket' (2 and 3 in the run).
     subset = tmp_path / "subset"
     for name in ("coffee", "rocket"):
@@ -384,7 +378,7 @@ def test_evaluate_on_other_data_maps_labels_by_name(base_run, four_dir, tmp_path
     assert m["accuracy"] >= 0.9  # silently re-indexed labels would score near 0
     (subset / "kitten").mkdir()
     shutil.copy(next((four_dir / "cat").iterdir()), subset / "kitten" / "k.png")
-    result = _invoke("evaluate", base_run.run_dir, "--data", subset)
+    result = cli("evaluate", base_run.run_dir, "--data", subset)
     _one_clear_line(result, "classes the run never saw: kitten", "brick, cat, coffee, rocket")
 
 
@@ -426,21 +420,21 @@ def test_planted_pickle_is_a_real_threat(tmp_path):
     assert marker.exists()
 
 
-def test_planted_pickle_refused_via_weights(four_dir, tmp_path):
+def test_planted_pickle_refused_via_weights(cli, four_dir, tmp_path):
     marker = tmp_path / "pwned"
     evil = _plant_pickle(tmp_path / "evil.pth", marker)
-    result = _invoke("run", *_flags(four_dir, tmp_path / "run", weights=evil), "-q")
+    result = cli("run", *_flags(four_dir, tmp_path / "run", weights=evil), "-q")
     _one_clear_line(result, f"Refusing to load '{evil}'", "arbitrary code")
     assert not marker.exists()
 
 
-def test_planted_pickle_refused_in_a_run_folder(base_run, four_dir, tmp_path):
+def test_planted_pickle_refused_in_a_run_folder(cli, base_run, four_dir, tmp_path):
     marker = tmp_path / "pwned"
     run_dir = _copy_run(base_run.run_dir, tmp_path / "run")
     _plant_pickle(run_dir / "checkpoints" / "best.ckpt", marker)
-    _one_clear_line(_invoke("evaluate", run_dir), "Refusing to load", "best.ckpt")
+    _one_clear_line(cli("evaluate", run_dir), "Refusing to load", "best.ckpt")
     _plant_pickle(run_dir / "checkpoints" / "last.ckpt", marker)
-    result = _invoke("run", *_flags(four_dir, run_dir, epochs=4), "--resume", "-q")
+    result = cli("run", *_flags(four_dir, run_dir, epochs=4), "--resume", "-q")
     _one_clear_line(result, "Refusing to load checkpoint", "last.ckpt")
     assert not marker.exists()
 
@@ -463,18 +457,18 @@ def test_planted_pickle_refused_from_a_download(tmp_path, monkeypatch):
 @pytest.mark.parametrize("content", [b"not safetensors at all",
                                      b"\xff" * 8 + b"{}",  # header length far beyond the file
                                      b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": [1, 2, 3]}"])
-def test_malformed_safetensors_is_one_clean_line(four_dir, tmp_path, content):
+def test_malformed_safetensors_is_one_clean_line(cli, four_dir, tmp_path, content):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(content)
-    result = _invoke("run", *_flags(four_dir, tmp_path / "run", weights=bad), "-q")
+    result = cli("run", *_flags(four_dir, tmp_path / "run", weights=bad), "-q")
     _one_clear_line(result, f"'{bad}' is not a valid safetensors file")
 
 
-def test_yaml_recipe_with_python_tag_is_refused(tmp_path):
+def test_yaml_recipe_with_python_tag_is_refused(cli, tmp_path):
     marker = tmp_path / "pwned"
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"strategy: linear\nepochs: !!python/object/apply:os.system ['touch {marker}']\n")
-    _one_clear_line(_invoke("run", "--recipe", recipe), f"Recipe '{recipe}' is not valid YAML",
+    _one_clear_line(cli("run", "--recipe", recipe), f"Recipe '{recipe}' is not valid YAML",
                     "python/object/apply:os.system")
     assert not marker.exists()
 
@@ -512,7 +506,7 @@ def test_every_loader_in_the_package_is_safe():
 # ---------------------------------------------------------------------- CLI errors
 @pytest.mark.parametrize("case", ["missing", "file", "csv-columns", "csv-missing", "one-class",
                                   "nothing-to-resume", "image-size", "backbone", "strategy"])
-def test_user_errors_are_one_line(case, four_dir, tmp_path):
+def test_user_errors_are_one_line(cli, case, four_dir, tmp_path):
     image = next((four_dir / "cat").iterdir())
     csv = tmp_path / "m.csv"
     if case == "missing":
@@ -540,19 +534,19 @@ def test_user_errors_are_one_line(case, four_dir, tmp_path):
         args, needles = ["--backbone", "efficientnet_lit0"], ["Unknown backbone", "efficientnet_lite0"]
     else:
         args, needles = ["--strategy", "parital"], ["'parital'", "partial"]
-    _one_clear_line(_invoke("run", *args, "-q"), *needles)
+    _one_clear_line(cli("run", *args, "-q"), *needles)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode; "
                     "test_permission_denied_is_one_line covers the same path as root")
-def test_unreadable_manifest_is_one_line(four_dir, tmp_path):
+def test_unreadable_manifest_is_one_line(cli, four_dir, tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text(f"path,label\n{next((four_dir / 'cat').iterdir())},cat\n")
     csv.chmod(0)
-    _one_clear_line(_invoke("run", *_flags(csv, tmp_path / "r"), "-q"), "Permission denied")
+    _one_clear_line(cli("run", *_flags(csv, tmp_path / "r"), "-q"), "Permission denied")
 
 
-def test_permission_denied_is_one_line(four_dir, tmp_path, monkeypatch):
+def test_permission_denied_is_one_line(cli, four_dir, tmp_path, monkeypatch):
     import finetune.data.sources as sources
 
     csv = tmp_path / "m.csv"
@@ -562,23 +556,23 @@ def test_permission_denied_is_one_line(four_dir, tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(sources, "open", denied, raising=False)
-    _one_clear_line(_invoke("run", *_flags(csv, tmp_path / "r"), "-q"),
+    _one_clear_line(cli("run", *_flags(csv, tmp_path / "r"), "-q"),
                     f"Cannot read '{csv}': Permission denied")
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                    MemoryError()], ids=["cuda", "host"])
-def test_out_of_memory_names_the_flag(four_dir, tmp_path, monkeypatch, error):
+def test_out_of_memory_names_the_flag(cli, four_dir, tmp_path, monkeypatch, error):
     def step(self, batch, batch_idx):
         raise error
 
     monkeypatch.setattr(FinetuneModule, "training_step", step)
-    result = _invoke("run", *_flags(four_dir, tmp_path / "r", strategy="partial", epochs=1), "-q")
+    result = cli("run", *_flags(four_dir, tmp_path / "r", strategy="partial", epochs=1), "-q")
     _one_clear_line(result, "Out of memory", "--batch-size")
 
 
 # ---------------------------------------------------------------------- hostile data
-def test_hostile_folder_trains_and_lists_what_it_skipped(four_dir, tmp_path):
+def test_hostile_folder_trains_and_lists_what_it_skipped(cli, four_dir, tmp_path):
     data = tmp_path / "data"
     for name in ("brick", "cat"):
         shutil.copytree(four_dir / name, data / name)
@@ -588,7 +582,7 @@ def test_hostile_folder_trains_and_lists_what_it_skipped(four_dir, tmp_path):
     (data / "brick" / "notes.txt").write_text("not a picture")
     (data / "empty_class").mkdir()
     out = tmp_path / "run"
-    result = _invoke("run", *_flags(data, out, epochs=2), "-q")
+    result = cli("run", *_flags(data, out, epochs=2), "-q")
     assert result.exit_code == 0, result.output
     assert "Skipped 6 unreadable files" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
