@@ -91,6 +91,21 @@ def lite0():
     return create_backbone("efficientnet_lite0", pretrained=True).eval()
 
 
+# ---------------------------------------------------------------------------- runs
+@pytest.fixture(scope="session")
+def linear_run(photos_dir, tmp_path_factory):
+    """One finished ``finetune run``: a linear head on EfficientNet-Lite0's packaged
+    weights, the photos at 96 px, 15 epochs on cached features (seconds). The tests that
+    read a run folder share it; a test that changes a run copies the folder first, and one
+    that reruns it reads its config.yaml."""
+    from finetune.config import RunConfig
+    from finetune.training import run
+
+    cfg = RunConfig(data=str(photos_dir), output=str(tmp_path_factory.mktemp("runs") / "linear"),
+                    backbone="efficientnet_lite0", image_size=96, batch_size=16, num_workers=0, epochs=15)
+    return run(cfg, progress=False)
+
+
 # ---------------------------------------------------------------------------- datasets
 @pytest.fixture(scope="session")
 def photos_dir(tmp_path_factory):
