@@ -18,6 +18,7 @@ def _cfg(data, out, **kw) -> RunConfig:
     return RunConfig(**base)
 
 
+@pytest.mark.slow
 def test_compile_applies_to_backbone_phases_only(photos_dir, tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))

@@ -38,6 +38,7 @@ def test_distributed_choices_are_checked():
         RunConfig(num_nodes=0)
 
 
+@pytest.mark.slow
 def test_torchrun_two_process_ddp_on_cpu(photos_dir, tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "FINETUNE_OFFLINE": "1"}

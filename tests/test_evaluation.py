@@ -474,6 +474,7 @@ def test_crash_mid_write_leaves_whole_files(tmp_path, metrics3, monkeypatch):
     assert after["summary.md"] == before["summary.md"]
 
 
+@pytest.mark.slow
 def test_report_does_not_touch_pyplot(tmp_path, metrics3):
     (tmp_path / "metrics.json").write_text(json.dumps(metrics3))
     code = (

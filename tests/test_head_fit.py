@@ -93,6 +93,7 @@ def test_refuses_a_non_linear_classifier():
         fit.apply_to(nn.Sequential(nn.Linear(3, 2)))
 
 
+@pytest.mark.slow
 def test_lbfgs_run_reuses_the_cache_and_matches_sgd(digits_dir, tmp_path, monkeypatch):
     """Digits are far from ImageNet, so the probe is not trivially perfect."""
     images = {"n": 0}

@@ -174,6 +174,7 @@ def test_too_little_disk_fails_before_writing(data, tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "c").rglob("*") if p.is_file()]
 
 
+@pytest.mark.slow
 def test_a_run_with_the_cache_trains_the_same_weights(photos_dir, tmp_path):
     """96 px photos, 64 px crops: the training side (109 px) keeps every image as
     decoded and eval input is bit-identical, so with one loader process and one seed the

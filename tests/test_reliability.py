@@ -227,6 +227,7 @@ def _frozen_state_keys(model, phase) -> list[str]:
     return keys
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_the_same_run(cli, two_dir, tmp_path):
     """SIGKILL a `finetune run` child after its first checkpoint, then `--resume` it with a
     larger --epochs: it continues from where it died (same phase, frozen stages, BN
@@ -399,6 +400,7 @@ def test_same_seed_same_linear_run(base_run, four_dir, tmp_path):
     _assert_identical_runs(base_run, run(_cfg(four_dir, tmp_path / "again"), progress=False))
 
 
+@pytest.mark.slow
 def test_same_seed_same_partial_run(two_dir, tmp_path):
     """Augmented images through unfrozen stages (dropout, BN updates, shuffling) twice."""
     a = run(_cfg(two_dir, tmp_path / "a", strategy="partial", epochs=2, image_size=32), progress=False)

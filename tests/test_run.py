@@ -133,6 +133,7 @@ def test_eval_batches_double_only_on_a_gpu():
     assert eval_batch_size_for(1, torch.device("cpu")) == 1
 
 
+@pytest.mark.slow
 def test_runs_with_loader_workers_are_repeatable(tmp_path, photos_dir):
     """With workers the training loader runs on across epochs (ContinuousLoader): every
     epoch still trains on whole batches of one pass, and two runs agree exactly."""
