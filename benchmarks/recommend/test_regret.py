@@ -108,7 +108,7 @@ def test_paired_differences_resample_whole_tasks():
 
 def test_a_difference_that_cancels_reads_plus_zero():
     """Two cells of one task, -1.25 and +1.25 points apart on 160 test images, cancel in
-    float arithmetic to about -6e-15: the report says +0.00 (it said -0.00), and real
+    float arithmetic to about -6e-15: the report says +0.00, not -0.00, and real
     differences keep their sign."""
     cancelled = (100 * (141 / 160 - 143 / 160) + 100 * (142 / 160 - 140 / 160)) / 2
     assert cancelled < 0 and f"{cancelled:+.2f}" == "-0.00"
