@@ -64,6 +64,22 @@ def cli():
     return invoke
 
 
+@pytest.fixture(scope="session")
+def one_clear_line():
+    """Checks a CLI Result that a user error ended: the exit code (2: click's usage error),
+    no traceback, exactly one line starting with "Error", and that line names every needle."""
+
+    def check(result, *needles, exit_code=2):
+        assert result.exit_code == exit_code, result.output
+        assert "Traceback" not in result.output
+        errors = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+        assert len(errors) == 1, result.output
+        for needle in needles:
+            assert needle in errors[0], errors[0]
+
+    return check
+
+
 # ---------------------------------------------------------------------------- models
 @pytest.fixture
 def images() -> torch.Tensor:

@@ -7,35 +7,25 @@ import json
 import pytest
 
 
-def _one_clear_line(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    error_lines = [ln for ln in lines if "Error" in ln]
-    assert len(error_lines) == 1, result.output
-    for needle in needles:
-        assert needle in result.output, result.output
-
-
-def test_missing_data_path(cli, tmp_path):
+def test_missing_data_path(cli, one_clear_line, tmp_path):
     result = cli("run", "--data", str(tmp_path / "nope"), "-q")
-    _one_clear_line(result, str(tmp_path / "nope"))
+    one_clear_line(result, str(tmp_path / "nope"))
 
 
-def test_unknown_backbone_suggests_nearest(cli):
+def test_unknown_backbone_suggests_nearest(cli, one_clear_line):
     result = cli("run", "--backbone", "resnt50")
-    _one_clear_line(result, "Unknown backbone 'resnt50'", "'resnet50'")
+    one_clear_line(result, "Unknown backbone 'resnt50'", "'resnet50'")
 
 
-def test_unknown_strategy_lists_choices(cli):
+def test_unknown_strategy_lists_choices(cli, one_clear_line):
     result = cli("run", "--strategy", "fine")
-    _one_clear_line(result, "'fine'", "linear", "lp-ft")
+    one_clear_line(result, "'fine'", "linear", "lp-ft")
 
 
-def test_weights_file_missing(cli, tmp_path, photos_dir):
+def test_weights_file_missing(cli, one_clear_line, tmp_path, photos_dir):
     result = cli("run", "--data", str(photos_dir), "--weights", str(tmp_path / "w.pth"),
                  "--output", str(tmp_path / "run"), "-q")
-    _one_clear_line(result, "w.pth", "--weights")
+    one_clear_line(result, "w.pth", "--weights")
 
 
 def test_run_and_evaluate_from_the_command_line(cli, tmp_path, photos_dir):

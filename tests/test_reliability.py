@@ -79,16 +79,6 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _one_clear_line(result, *needles, exit_code=2):
-    """Non-zero exit, no traceback, exactly one error line, which names every needle."""
-    assert result.exit_code == exit_code, result.output
-    assert "Traceback" not in result.output
-    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
-    assert len(errors) == 1, result.output
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-
-
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -307,7 +297,7 @@ def test_resume_inside_lp_ft_second_phase_skips_the_probe(two_dir, tmp_path, mon
 
 
 # ---------------------------------------------------------------------- NaN / Inf
-def test_nan_loss_stops_the_run_naming_step_and_cause(cli, four_dir, tmp_path, monkeypatch):
+def test_nan_loss_stops_the_run_naming_step_and_cause(cli, one_clear_line, four_dir, tmp_path, monkeypatch):
     real_loss = FinetuneModule._loss
 
     def poisoned(self, logits, y):
@@ -317,7 +307,7 @@ def test_nan_loss_stops_the_run_naming_step_and_cause(cli, four_dir, tmp_path, m
     monkeypatch.setattr(FinetuneModule, "_loss", poisoned)
     out = tmp_path / "run"
     result = cli("run", *_flags(four_dir, out, epochs=3), "-q")
-    _one_clear_line(result, "Loss is nan at epoch 1, step 4 of phase 'linear'",
+    one_clear_line(result, "Loss is nan at epoch 1, step 4 of phase 'linear'",
                     "learning rate (0.01) is likely too high", "--lr")
     # Epoch 0 finished before the NaN: its checkpoint is what remains, finite.
     state = load_checkpoint(out / "checkpoints" / "best.ckpt")
@@ -367,7 +357,7 @@ def test_resume_on_changed_classes_is_explained(base_run, four_dir, tmp_path):
         run(_cfg(four_dir, run_dir, epochs=4), resume=True, progress=False)
 
 
-def test_evaluate_on_other_data_maps_labels_by_name(cli, base_run, four_dir, tmp_path):
+def test_evaluate_on_other_data_maps_labels_by_name(cli, one_clear_line, base_run, four_dir, tmp_path):
     # Two of the four classes: index 0 and 1 here are 'coffee' and 'rocket' (2 and 3 in the run).
     subset = tmp_path / "subset"
     for name in ("coffee", "rocket"):
@@ -380,7 +370,7 @@ def test_evaluate_on_other_data_maps_labels_by_name(cli, base_run, four_dir, tmp
     (subset / "kitten").mkdir()
     shutil.copy(next((four_dir / "cat").iterdir()), subset / "kitten" / "k.png")
     result = cli("evaluate", base_run.run_dir, "--data", subset)
-    _one_clear_line(result, "classes the run never saw: kitten", "brick, cat, coffee, rocket")
+    one_clear_line(result, "classes the run never saw: kitten", "brick, cat, coffee, rocket")
 
 
 # ---------------------------------------------------------------------- determinism
@@ -422,22 +412,22 @@ def test_planted_pickle_is_a_real_threat(tmp_path):
     assert marker.exists()
 
 
-def test_planted_pickle_refused_via_weights(cli, four_dir, tmp_path):
+def test_planted_pickle_refused_via_weights(cli, one_clear_line, four_dir, tmp_path):
     marker = tmp_path / "pwned"
     evil = _plant_pickle(tmp_path / "evil.pth", marker)
     result = cli("run", *_flags(four_dir, tmp_path / "run", weights=evil), "-q")
-    _one_clear_line(result, f"Refusing to load '{evil}'", "arbitrary code")
+    one_clear_line(result, f"Refusing to load '{evil}'", "arbitrary code")
     assert not marker.exists()
 
 
-def test_planted_pickle_refused_in_a_run_folder(cli, base_run, four_dir, tmp_path):
+def test_planted_pickle_refused_in_a_run_folder(cli, one_clear_line, base_run, four_dir, tmp_path):
     marker = tmp_path / "pwned"
     run_dir = _copy_run(base_run.run_dir, tmp_path / "run")
     _plant_pickle(run_dir / "checkpoints" / "best.ckpt", marker)
-    _one_clear_line(cli("evaluate", run_dir), "Refusing to load", "best.ckpt")
+    one_clear_line(cli("evaluate", run_dir), "Refusing to load", "best.ckpt")
     _plant_pickle(run_dir / "checkpoints" / "last.ckpt", marker)
     result = cli("run", *_flags(four_dir, run_dir, epochs=4), "--resume", "-q")
-    _one_clear_line(result, "Refusing to load checkpoint", "last.ckpt")
+    one_clear_line(result, "Refusing to load checkpoint", "last.ckpt")
     assert not marker.exists()
 
 
@@ -459,18 +449,18 @@ def test_planted_pickle_refused_from_a_download(tmp_path, monkeypatch):
 @pytest.mark.parametrize("content", [b"not safetensors at all",
                                      b"\xff" * 8 + b"{}",  # header length far beyond the file
                                      b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\": [1, 2, 3]}"])
-def test_malformed_safetensors_is_one_clean_line(cli, four_dir, tmp_path, content):
+def test_malformed_safetensors_is_one_clean_line(cli, one_clear_line, four_dir, tmp_path, content):
     bad = tmp_path / "w.safetensors"
     bad.write_bytes(content)
     result = cli("run", *_flags(four_dir, tmp_path / "run", weights=bad), "-q")
-    _one_clear_line(result, f"'{bad}' is not a valid safetensors file")
+    one_clear_line(result, f"'{bad}' is not a valid safetensors file")
 
 
-def test_yaml_recipe_with_python_tag_is_refused(cli, tmp_path):
+def test_yaml_recipe_with_python_tag_is_refused(cli, one_clear_line, tmp_path):
     marker = tmp_path / "pwned"
     recipe = tmp_path / "evil.yaml"
     recipe.write_text(f"strategy: linear\nepochs: !!python/object/apply:os.system ['touch {marker}']\n")
-    _one_clear_line(cli("run", "--recipe", recipe), f"Recipe '{recipe}' is not valid YAML",
+    one_clear_line(cli("run", "--recipe", recipe), f"Recipe '{recipe}' is not valid YAML",
                     "python/object/apply:os.system")
     assert not marker.exists()
 
@@ -508,7 +498,7 @@ def test_every_loader_in_the_package_is_safe():
 # ---------------------------------------------------------------------- CLI errors
 @pytest.mark.parametrize("case", ["missing", "file", "csv-columns", "csv-missing", "one-class",
                                   "nothing-to-resume", "image-size", "backbone", "strategy"])
-def test_user_errors_are_one_line(cli, case, four_dir, tmp_path):
+def test_user_errors_are_one_line(cli, one_clear_line, case, four_dir, tmp_path):
     image = next((four_dir / "cat").iterdir())
     csv = tmp_path / "m.csv"
     if case == "missing":
@@ -536,19 +526,19 @@ def test_user_errors_are_one_line(cli, case, four_dir, tmp_path):
         args, needles = ["--backbone", "efficientnet_lit0"], ["Unknown backbone", "efficientnet_lite0"]
     else:
         args, needles = ["--strategy", "parital"], ["'parital'", "partial"]
-    _one_clear_line(cli("run", *args, "-q"), *needles)
+    one_clear_line(cli("run", *args, "-q"), *needles)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode; "
                     "test_permission_denied_is_one_line covers the same path as root")
-def test_unreadable_manifest_is_one_line(cli, four_dir, tmp_path):
+def test_unreadable_manifest_is_one_line(cli, one_clear_line, four_dir, tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text(f"path,label\n{next((four_dir / 'cat').iterdir())},cat\n")
     csv.chmod(0)
-    _one_clear_line(cli("run", *_flags(csv, tmp_path / "r"), "-q"), "Permission denied")
+    one_clear_line(cli("run", *_flags(csv, tmp_path / "r"), "-q"), "Permission denied")
 
 
-def test_permission_denied_is_one_line(cli, four_dir, tmp_path, monkeypatch):
+def test_permission_denied_is_one_line(cli, one_clear_line, four_dir, tmp_path, monkeypatch):
     import finetune.data.sources as sources
 
     csv = tmp_path / "m.csv"
@@ -558,19 +548,19 @@ def test_permission_denied_is_one_line(cli, four_dir, tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(sources, "open", denied, raising=False)
-    _one_clear_line(cli("run", *_flags(csv, tmp_path / "r"), "-q"),
+    one_clear_line(cli("run", *_flags(csv, tmp_path / "r"), "-q"),
                     f"Cannot read '{csv}': Permission denied")
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
                                    MemoryError()], ids=["cuda", "host"])
-def test_out_of_memory_names_the_flag(cli, four_dir, tmp_path, monkeypatch, error):
+def test_out_of_memory_names_the_flag(cli, one_clear_line, four_dir, tmp_path, monkeypatch, error):
     def step(self, batch, batch_idx):
         raise error
 
     monkeypatch.setattr(FinetuneModule, "training_step", step)
     result = cli("run", *_flags(four_dir, tmp_path / "r", strategy="partial", epochs=1), "-q")
-    _one_clear_line(result, "Out of memory", "--batch-size")
+    one_clear_line(result, "Out of memory", "--batch-size")
 
 
 # ---------------------------------------------------------------------- hostile data
