@@ -163,6 +163,7 @@ def main() -> None:
 def run(recipe, resume, overwrite, quiet, **flags) -> None:
     """Fine-tune a pretrained backbone and evaluate it; writes a run folder."""
     from .config import resolve_config
+    from .training import RunInterrupted
     from .training import run as run_training
 
     _setup_logging(verbose=not quiet)
@@ -171,7 +172,13 @@ def run(recipe, resume, overwrite, quiet, **flags) -> None:
             flags[key] = str(flags[key])
     flags["compile"] = flags.pop("compile_")
     cfg = resolve_config(recipe, **flags)
-    result = run_training(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    try:
+        result = run_training(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
+    except RunInterrupted as stop:
+        # A state, not an error: where it stopped and how to go on, exit 128 + signal.
+        if stop.rank0:
+            click.echo(str(stop), err=True)
+        sys.exit(stop.exit_code)
     if not result.is_global_zero:
         return  # DDP: rank 0 evaluates, writes and prints
     m = result.metrics

@@ -50,6 +50,7 @@ from .distributed import global_rank
 from .feature_cache import feature_splits
 from .features import predict_probs
 from .head_fit import check_linear_head, fit_logistic_head
+from .interrupt import after_requeue, at_evaluation, at_phase, interruptible, within_fit
 from .module import FinetuneModule, count_trainable
 from .trainer import build_trainer, eval_batch_size_for, num_workers, quiet_lightning, select_device
 
@@ -116,7 +117,16 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     checkpoint there, ``overwrite`` replaces an earlier run."""
     check_strategy(cfg.strategy)  # a misspelt recipe fails here, before anything is written
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    prep = prepare(cfg, resume=resume, overwrite=overwrite)
+    run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    resume, overwrite = after_requeue(run_dir, resume=resume, overwrite=overwrite)
+    # A signal from here on ends the run as RunInterrupted, naming where and how to go on.
+    with interruptible(run_dir):
+        prep = prepare(cfg, resume=resume, overwrite=overwrite)
+        return _train_and_finish(prep, resume=resume, progress=progress)
+
+
+def _train_and_finish(prep: Prepared, *, resume: bool, progress: bool) -> RunResult:
+    """Steps 2 and 3 of ``run``."""
     progress = progress and prep.rank0
     state = Progress(world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's
     start = time.perf_counter()
@@ -129,10 +139,12 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
             log.info("Phase '%s' finished before the interruption; not redone.", phase.name)
             state.history.extend(saved_history(ckpt_dirs[i]))
             continue
+        at_phase(phase.name, i, len(prep.phases))
         train_phase(prep, phase, ckpt_dirs[i], state, resume=resume, progress=progress)
     train_time = time.perf_counter() - start
     if not prep.rank0:
         return RunResult(run_dir=prep.run_dir, metrics={}, is_global_zero=False)
+    at_evaluation()
     metrics = finish(prep, state, train_time, progress=progress)
     return RunResult(run_dir=prep.run_dir, metrics=metrics)
 
@@ -284,12 +296,13 @@ def _fit(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *, resum
     with quiet_lightning():
         trainer, checkpoint = build_trainer(prep.cfg, phase, ckpt_dir, has_val=has_val,
                                             progress=progress)
-        if spawn and not phase.feature_cache:
-            # Each spawned process builds its own loaders (their samplers hold a generator).
-            trainer.fit(module, datamodule=state.datamodule, ckpt_path=resume_from)
-        else:
-            trainer.fit(module, train_loader, val_loader if has_val else None,
-                        ckpt_path=resume_from)
+        with within_fit(trainer):  # a signal stops the fit at the end of a batch
+            if spawn and not phase.feature_cache:
+                # Each spawned process builds its own loaders (their samplers hold a generator).
+                trainer.fit(module, datamodule=state.datamodule, ckpt_path=resume_from)
+            else:
+                trainer.fit(module, train_loader, val_loader if has_val else None,
+                            ckpt_path=resume_from)
     if spawn:
         # The fit ran in child processes: its history comes back through last.ckpt.
         module.history = saved_history(ckpt_dir)
@@ -323,8 +336,9 @@ def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progres
         # (its CheckpointIO, rank-0-only saving) writes the checkpoints in the usual format.
         trainer.strategy.connect(module)
         module.trainer = trainer
-        for name in ("best.ckpt", "last.ckpt"):
-            trainer.save_checkpoint(ckpt_dir / name)
+        with within_fit(trainer):  # both files, or a signal waits for them
+            for name in ("best.ckpt", "last.ckpt"):
+                trainer.save_checkpoint(ckpt_dir / name)
     state.head_fits.append({"phase": phase.name, "method": "lbfgs", "C": fit.C,
                             "time_s": round(fit.time_s, 3), "sweep": fit.sweep})
     state.images_trained += len(features["train"])  # each through the backbone once

@@ -16,6 +16,7 @@ from ..config import RunConfig
 from ..strategies import Phase
 from .checkpointing import AtomicCheckpointIO
 from .distributed import local_rank
+from .interrupt import TrackEpochs
 
 
 def select_device(cfg: RunConfig) -> torch.device:
@@ -86,7 +87,7 @@ def build_trainer(cfg: RunConfig, phase: Phase, ckpt_dir: Path, *, has_val: bool
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks: list[pl.Callback] = [checkpoint]
+    callbacks: list[pl.Callback] = [checkpoint, TrackEpochs()]  # TrackEpochs: for an interruption's message
     if has_val:
         # Lightning >= 2.6 refreshes save_last's last.ckpt only in epochs where best.ckpt
         # improved; --resume must continue from the latest epoch, so last.ckpt gets its own
