@@ -39,6 +39,7 @@ def _user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from .data import DataError
+        from .io import DiskFullError, is_disk_full
         from .models import UnsafeCheckpointError, WeightsNotFoundError
 
         try:
@@ -50,6 +51,12 @@ def _user_errors(fn):
             raise UserError(
                 f"Cannot read '{err.filename}': {err.strerror}. Check the path and its permissions."
             ) from None
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            if not isinstance(err, DiskFullError):  # one no writer named: the errno at least
+                err = DiskFullError(err, err.filename or "the output")
+            raise UserError(str(err)) from None
         except MemoryError:
             raise UserError("Out of memory. Lower --batch-size or --image-size.") from None
         except RuntimeError as err:

@@ -54,7 +54,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp
+from ..io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp, writing
 from .images import load_image
 from .sources import DataError, files_fingerprint
 
@@ -255,9 +255,13 @@ def cached_images(
     needed = estimate_bytes(samples, side)
     _check_disk(cache_dir, needed)
     start = time.perf_counter()
+    fix = (f"free space in {cache_dir}, point --image-cache-dir (or {ENV_CACHE_DIR}) at a "
+           f"bigger disk, or train without --image-cache; no part of the entry was kept")
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:16]}-", dir=entry.parent))
     try:
-        _write_entry(tmp, key, samples, side=side, draft_size=draft_size, num_workers=num_workers)
+        with writing(entry, fix, whole=True):
+            _write_entry(tmp, key, samples, side=side, draft_size=draft_size,
+                         num_workers=num_workers)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -40,7 +40,7 @@ import torch
 
 from ..data import load_image
 from ..data.transforms import build_transform, jpeg_draft_size, preprocess_spec
-from ..io import atomic_write_json
+from ..io import atomic_write_json, writing
 from ..models import Backbone
 from ..run_folder import load_run_model
 from .formats import (
@@ -199,36 +199,42 @@ def export_model(
 
     created = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
-    try:
-        exported = copy.deepcopy(model).half() if half else model
-        example = _eval_batch(model, images[:EXAMPLE_BATCH], image_size)
-        example = example.half() if half else example
-        spec.write(exported, tmp / spec.model_file, example, options)
-        metadata = build_metadata(model, labels=labels, image_size=image_size, format=format,
-                                  half=half, opset=options.opset, info=info)
-        atomic_write_json(tmp / MODEL_JSON, metadata)
+    # The export is written to a temporary folder beside dest and renamed into place: a
+    # full disk leaves dest as it was.
+    kept = (f"the previous export in {dest} is intact" if (dest / MODEL_JSON).is_file()
+            else f"nothing was written to {dest}")
+    with writing(dest, f"free space in {dest.parent} or export with --output to another "
+                       f"disk; {kept}", whole=True):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
+        try:
+            exported = copy.deepcopy(model).half() if half else model
+            example = _eval_batch(model, images[:EXAMPLE_BATCH], image_size)
+            example = example.half() if half else example
+            spec.write(exported, tmp / spec.model_file, example, options)
+            metadata = build_metadata(model, labels=labels, image_size=image_size, format=format,
+                                      half=half, opset=options.opset, info=info)
+            atomic_write_json(tmp / MODEL_JSON, metadata)
 
-        bounds = spec.parity_tolerances(half)
-        parity = check_parity(model, tmp, images, image_size=image_size, images_desc=desc,
-                              tolerance=bounds.probability, logit_tolerance=bounds.logit)
-        metadata["parity"] = parity.to_json()
-        atomic_write_json(tmp / MODEL_JSON, metadata)
-        if not parity.passed:
-            hint = (" float16 lost too much here: export without --half." if half else
-                    " The export or its model.json preprocessing differs from the evaluated "
-                    "model; report this with the run's backbone and the format.")
-            raise ExportError(f"Parity check failed for the {format} export: {parity.describe()}. "
-                              f"Nothing was written: '{dest}' is as it was.{hint}")
-        _move_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # deepest first: only folders this export made, if still empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
-        raise
+            bounds = spec.parity_tolerances(half)
+            parity = check_parity(model, tmp, images, image_size=image_size, images_desc=desc,
+                                  tolerance=bounds.probability, logit_tolerance=bounds.logit)
+            metadata["parity"] = parity.to_json()
+            atomic_write_json(tmp / MODEL_JSON, metadata)
+            if not parity.passed:
+                hint = (" float16 lost too much here: export without --half." if half else
+                        " The export or its model.json preprocessing differs from the evaluated "
+                        "model; report this with the run's backbone and the format.")
+                raise ExportError(f"Parity check failed for the {format} export: {parity.describe()}. "
+                                  f"Nothing was written: '{dest}' is as it was.{hint}")
+            _move_into_place(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # deepest first: only folders this export made, if still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            raise
     log.info("Exported %s to %s; parity: %s", format, dest, parity.describe())
     return ExportResult(path=dest, format=format, model_file=dest / spec.model_file,
                         parity=parity, metadata=metadata)

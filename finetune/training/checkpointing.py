@@ -29,7 +29,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from ..data import DataError, DataSplits, discover
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, writing
 from ..models import UnsafeCheckpointError
 
 log = logging.getLogger("finetune")
@@ -67,15 +67,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 and _link_atomically(previous[1], path)):
             self._previous = (moment, path)
             return
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)  # fails here -> nothing on disk has changed
-        atomic_write_bytes(path, buffer.getbuffer())
+        with writing(path, _intact(path)):
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)  # fails here -> nothing on disk has changed
+            atomic_write_bytes(path, buffer.getbuffer())
         self._previous = (moment, path)
 
     def load_checkpoint(
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         return load_checkpoint(path, map_location=map_location)
+
+
+def _intact(path: Path) -> str:
+    """What a user needs to hear when the write of checkpoint ``path`` runs out of space."""
+    last = path.with_name(LAST)
+    if last.is_file():
+        return f"free space, then continue with --resume; the previous checkpoint {last} is intact"
+    return "free space and run again (this phase had no checkpoint yet)"
 
 
 def _link_atomically(source: Path, path: Path) -> bool:

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ..config import RunConfig
 from ..data import FinetuneDataModule, files_fingerprint
 from ..data.transforms import preprocess_spec
-from ..io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp
+from ..io import TMP_PREFIX, atomic_write_json, publish_dir, remove_stale_tmp, writing
 from ..models import Backbone
 from .features import iter_features
 
@@ -244,12 +244,15 @@ def cached_features(
 
     entry.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(cache_dir)
+    fix = (f"free space in {cache_dir} or point --feature-cache-dir (or {ENV_CACHE_DIR}) "
+           f"at a bigger disk; no part of the entry was kept")
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key[:16]}-", dir=entry.parent))
     try:
         info = {"backbone": model.variant, "backbone_sha256": fingerprint,
                 "preprocess": preprocess, "compute": compute_spec(device)}
-        _write_entry(tmp, key, model, loader, len(samples), device=device, desc=desc,
-                     progress=progress, info=info)
+        with writing(entry, fix, whole=True):
+            _write_entry(tmp, key, model, loader, len(samples), device=device, desc=desc,
+                         progress=progress, info=info)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import RunConfig, save_config
 from ..data import DataSplits, FinetuneDataModule, discover, load_splits, resolve_data, save_splits
 from ..evaluation import classification_metrics, write_report
-from ..io import atomic_write_json
+from ..io import atomic_write_json, writing
 from ..models import Backbone, load_state_dict_file, load_weights
 from ..recommend import resolve_auto
 from ..run_folder import (
@@ -352,9 +352,12 @@ def finish(prep: Prepared, state: Progress, train_time: float, *, progress: bool
     metrics.update(_run_facts(prep, state, train_time))
     metrics = {**{k: metrics[k] for k in _METRICS_FIRST},
                **{k: v for k, v in metrics.items() if k not in _METRICS_FIRST}}
-    atomic_write_json(prep.run_dir / METRICS, metrics)
-    write_report(prep.run_dir, metrics, state.history, prep.splits.classes,
-                 config=prep.cfg.to_dict())
+    fix = ("free space, then rerun the command with --resume: the checkpoints are complete "
+           "and only the evaluation is redone")
+    with writing(prep.run_dir / METRICS, fix):
+        atomic_write_json(prep.run_dir / METRICS, metrics)
+        write_report(prep.run_dir, metrics, state.history, prep.splits.classes,
+                     config=prep.cfg.to_dict())
     return metrics
 
 

@@ -3,12 +3,14 @@ onnxruntime's CPU provider whatever ``device`` says."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...io import atomic_write_bytes
 from ...models import Backbone
 from ._spec import (
     INPUT_NAME,
@@ -33,18 +35,21 @@ def write(model: Backbone, path: Path, example: torch.Tensor, options: ExportOpt
         # The dynamo exporter needs onnxscript, which is not a dependency; the TorchScript-
         # based one handles these CNNs, and parity checks its output.
         warnings.simplefilter("ignore")
+        # Serialised in memory, written by Python: a full disk is an OSError naming the file.
+        buffer = io.BytesIO()
         try:
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=opset,
+                model, (example,), buffer, dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=True,
             )
         except (RuntimeError, ValueError) as err:
-            if not path.exists() and "opset" in str(err).lower():
+            if "opset" in str(err).lower():
                 raise ExportError(f"--opset {opset} is not supported by this PyTorch's ONNX "
                                   f"exporter ({err}). Try --opset {DEFAULT_OPSET}.") from err
             raise
+    atomic_write_bytes(path, buffer.getbuffer())
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as err:

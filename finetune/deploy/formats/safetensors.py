@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from ...io import atomic_write_bytes
 from ...models import TIMM_PREFIX, Backbone, create_backbone, load_state_dict_file, load_weights
 from ._spec import ExportFormat, ExportOptions, Forward, register_format, torch_forward
 
@@ -22,8 +23,10 @@ def write(model: Backbone, path: Path, example: torch.Tensor, options: ExportOpt
         state = {k[len(prefix):]: v for k, v in state.items()}
     # Cloned: safetensors refuses tensors that share memory, which a state_dict may hold.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    save_file(tensors, str(path), metadata={"format": "pt", "backbone": model.variant,
-                                             "num_classes": str(model.num_classes)})
+    # Serialised in memory, written by Python: a full disk is an OSError naming the file.
+    data = save(tensors, metadata={"format": "pt", "backbone": model.variant,
+                                   "num_classes": str(model.num_classes)})
+    atomic_write_bytes(path, data)
 
 
 def load_backbone(path: Path, meta: dict) -> Backbone:

@@ -6,11 +6,13 @@ other Python callable is refused (``UnsafeCheckpointError``), as a pickled check
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import torch
 
+from ...io import atomic_write_bytes
 from ...models import Backbone, UnsafeCheckpointError
 from ._spec import ExportFormat, ExportOptions, Forward, register_format
 
@@ -23,7 +25,10 @@ def write(model: Backbone, path: Path, example: torch.Tensor, options: ExportOpt
         # same batch size; parity checks at two others instead. _store_inputs=False keeps
         # the example images (real data) out of the archive.
         traced = torch.jit.trace(model, example, check_trace=False, _store_inputs=False)
-        torch.jit.save(traced, str(path))
+        # Serialised in memory, written by Python: a full disk is an OSError naming the file.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load(path: Path, meta: dict, device: torch.device) -> Forward:
