@@ -7,6 +7,7 @@
     DIR/metrics.json   the evaluation of the best-on-validation weights (docs/design.md)
     DIR/report/        confusion matrix, learning curves, per-class table, summary.md
     DIR/model/         what ``finetune export`` wrote
+    DIR/.lock          held by the ``finetune run`` that writes DIR (``lock_run_dir``)
 
 Training writes these files; evaluation, export and prediction read them through
 ``load_run_model``, which needs neither the trainer nor Lightning.
@@ -14,8 +15,11 @@ Training writes these files; evaluation, export and prediction read them through
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from .config import RunConfig, load_recipe
 from .data import BUILTIN_PREFIX, DataSplits, load_splits
@@ -27,6 +31,7 @@ METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 REPORT = "report"
 MODEL = "model"
+LOCK = ".lock"
 
 
 class RunError(ValueError):
@@ -53,8 +58,44 @@ def build_model(cfg: RunConfig, num_classes: int, *, pretrained: bool | None = N
     )
 
 
+def lock_run_dir(run_dir: Path) -> FileLock:
+    """Take ``run_dir/.lock`` (creating the folder) or refuse at once: one run per folder.
+
+    The lock is an ``flock``, which the OS drops when its process dies, so a run killed
+    with SIGKILL leaves no stale lock behind. The holder writes its pid into the file for
+    the error message of the next one; the file itself stays (deleting it while it is
+    held would let a third run lock a new file of the same name).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    lock = FileLock(path, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = _lock_holder(path)
+        raise RunError(
+            f"Run folder {run_dir} is in use by another finetune run "
+            f"({f'pid {holder}' if holder else 'pid unknown'}); wait for it, or use --output "
+            f"for another folder."
+        ) from None
+    try:
+        path.write_text(f"{os.getpid()}\n")  # same inode: truncates, never replaces
+    except OSError:
+        pass  # the pid is only for the message above
+    return lock
+
+
+def _lock_holder(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix two runs in one folder; ``overwrite`` empties it first."""
+    """Refuse to mix two runs in one folder; ``overwrite`` empties it first, all but the
+    ``.lock`` this run holds."""
     has_ckpt = any((run_dir / CHECKPOINTS).rglob("last.ckpt")) if run_dir.exists() else False
     if resume:
         if not has_ckpt:
@@ -63,13 +104,18 @@ def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
                 f"Run without --resume to start it."
             )
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.exists() else []
+    if entries:
         if not overwrite:
             raise RunError(
                 f"Run folder '{run_dir}' already holds a run. Use --resume to continue it, "
                 f"--output for another folder, or --overwrite to replace it."
             )
-        shutil.rmtree(run_dir)
+        for entry in entries:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def load_run_model(run_dir: str | Path) -> tuple[Backbone, RunConfig, DataSplits]:
@@ -92,4 +138,5 @@ def load_run_model(run_dir: str | Path) -> tuple[Backbone, RunConfig, DataSplits
     return model, cfg, splits
 
 
-__all__ = ["RunError", "build_model", "check_run_dir", "default_run_dir", "load_run_model"]
+__all__ = ["LOCK", "RunError", "build_model", "check_run_dir", "default_run_dir", "load_run_model",
+           "lock_run_dir"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import RunConfig, save_config
@@ -43,6 +44,7 @@ from ..run_folder import (
     build_model,
     check_run_dir,
     default_run_dir,
+    lock_run_dir,
 )
 from ..strategies import Phase, check_strategy, plan
 from .checkpointing import check_resume_data, resume_start, saved_history
@@ -88,6 +90,7 @@ class Prepared:
     device: torch.device
     rank0: bool
     recommended: bool  # the strategy came from ``auto``
+    lock: FileLock | None = None  # the run folder's, held by rank 0 until ``run`` returns
 
     def checkpoint_dir(self, index: int) -> Path:
         """The final phase's checkpoints in ``checkpoints/``, earlier ones in a sub-folder."""
@@ -122,11 +125,15 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     # A signal from here on ends the run as RunInterrupted, naming where and how to go on.
     with interruptible(run_dir):
         prep = prepare(cfg, resume=resume, overwrite=overwrite)
-        return _train_and_finish(prep, resume=resume, progress=progress)
+        try:
+            return _train_and_finish(prep, resume=resume, progress=progress)
+        finally:
+            if prep.lock is not None:
+                prep.lock.release()
 
 
 def _train_and_finish(prep: Prepared, *, resume: bool, progress: bool) -> RunResult:
-    """Steps 2 and 3 of ``run``."""
+    """Steps 2 and 3 of ``run``, while the run folder's lock is held."""
     progress = progress and prep.rank0
     state = Progress(world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's
     start = time.perf_counter()
@@ -151,10 +158,22 @@ def _train_and_finish(prep: Prepared, *, resume: bool, progress: bool) -> RunRes
 
 # ---------------------------------------------------------------------- 1. prepare
 def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Prepared:
-    """Check the run folder, split the data, build the backbone, resolve ``auto``, plan the
-    phases, and write ``config.yaml`` and ``splits.json`` (rank 0)."""
-    rank0 = global_rank() == 0
+    """Lock and check the run folder, split the data, build the backbone, resolve ``auto``,
+    plan the phases, and write ``config.yaml`` and ``splits.json`` (rank 0)."""
     run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
+    # Before anything is written: a second run on the folder is refused here, at once.
+    lock = lock_run_dir(run_dir) if global_rank() == 0 else None
+    try:
+        return _prepare(cfg, run_dir, lock, resume=resume, overwrite=overwrite)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bool,
+             overwrite: bool) -> Prepared:
+    rank0 = global_rank() == 0
     if rank0:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data_path = resolve_data(cfg.data)
@@ -184,7 +203,7 @@ def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Prepared:
     return Prepared(cfg=cfg, run_dir=run_dir, data_path=data_path, splits=splits, model=model,
                     weights_source=weights_source, phases=phases, image_size=image_size,
                     class_weights=class_weights, device=device, rank0=rank0,
-                    recommended=recommended)
+                    recommended=recommended, lock=lock)
 
 
 def _splits(cfg: RunConfig, data_path: Path, splits_path: Path, *, resume: bool) -> DataSplits:
