@@ -184,6 +184,8 @@ def run(recipe, resume, overwrite, quiet, **flags) -> None:
     except RunInterrupted as stop:
         # A state, not an error: where it stopped and how to go on, exit 128 + signal.
         if stop.rank0:
+            if not quiet and sys.stdout.isatty():
+                click.echo()  # end the progress bar's line: the message gets one of its own
             click.echo(str(stop), err=True)
         sys.exit(stop.exit_code)
     if not result.is_global_zero:
