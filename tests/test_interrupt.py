@@ -101,6 +101,8 @@ def test_signal_outside_training_raises_at_once_and_handlers_come_back(tmp_path)
 def test_the_message_names_phase_epoch_and_the_command(tmp_path):
     run_dir = tmp_path / "my run"
     (run_dir / "checkpoints" / "probe").mkdir(parents=True)
+    assert continue_with(run_dir) == ("no checkpoint yet; run the same command again with "
+                                      "--overwrite")
     (run_dir / "config.yaml").write_text("strategy: lp-ft\n")
     with pytest.raises(RunInterrupted) as caught, interruptible(run_dir):
         at_phase("probe", 0, 2)
@@ -143,6 +145,9 @@ def test_a_restarted_slurm_job_resumes_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     assert after_requeue(run_dir, resume=False, overwrite=True) == (False, True)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert after_requeue(run_dir, resume=False, overwrite=False) == (False, False)  # absent
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("")
     assert after_requeue(run_dir, resume=False, overwrite=False) == (False, False)  # empty
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "config.yaml").write_text("")

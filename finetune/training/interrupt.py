@@ -45,7 +45,7 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from ..run_folder import CHECKPOINTS, CONFIG, METRICS
+from ..run_folder import CHECKPOINTS, CONFIG, LOCK, METRICS
 from .distributed import global_rank
 
 log = logging.getLogger("finetune")
@@ -84,7 +84,14 @@ def continue_with(run_dir: Path) -> str:
     if (run_dir / CONFIG).is_file():
         return (f"no checkpoint yet; start it again with: finetune run --recipe {recipe} "
                 f"--output {folder} --overwrite")
+    if _holds_files(run_dir):  # e.g. --strategy auto's recommendation.json
+        return "no checkpoint yet; run the same command again with --overwrite"
     return "nothing was written yet; run the same command again"
+
+
+def _holds_files(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds anything besides the lock a run takes before writing."""
+    return run_dir.is_dir() and any(p.name != LOCK for p in run_dir.iterdir())
 
 
 def has_checkpoint(run_dir: Path) -> bool:
@@ -256,7 +263,7 @@ def after_requeue(run_dir: Path, *, resume: bool, overwrite: bool) -> tuple[bool
             log.warning("SLURM restart %s of this job: resuming from the checkpoint in %s.",
                         restarts, run_dir)
         return True, False
-    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / METRICS).exists():
+    if _holds_files(run_dir) and not (run_dir / METRICS).exists():
         if rank0:
             log.warning("SLURM restart %s of this job: no checkpoint in %s yet; starting it "
                         "again.", restarts, run_dir)
