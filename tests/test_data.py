@@ -497,7 +497,11 @@ def test_balanced_sampling(tmp_path):
     splits = discover(root, val_fraction=0.0, test_fraction=0.0, verify=False)
     dm = FinetuneDataModule(splits, HALF, batch_size=10, balanced_sampling=True, seed=0)
     loader = dm.train_dataloader()
-    draws = [splits.train[i][1] for _ in range(10) for i in iter(loader.sampler)]
+    draws = []
+    for epoch in range(10):  # the sampler yields (epoch, index): each epoch draws afresh
+        loader.sampler.set_epoch(epoch)
+        draws += [splits.train[i][1] for e, i in loader.sampler if e == epoch]
+    assert len(draws) == 1000
     share_small = draws.count(1) / len(draws)
     assert 0.4 < share_small < 0.6  # ~0.5 balanced, against 0.1 without
     plain = FinetuneDataModule(splits, HALF, batch_size=10, seed=0).train_dataloader()

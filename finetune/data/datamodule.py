@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 import cv2
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from .image_cache import ImageStore, cached_images, train_side
 from .images import load_image
 from .loader import ContinuousLoader
+from .sampling import AugmentationSeeder, EpochSampler
 from .sources import SPLITS, DataSplits
 from .transforms import build_transform, jpeg_draft_size, min_crop_scale, resolve_sizes
 
@@ -33,6 +34,11 @@ class ImageDataset(Dataset):
     big JPEGs decode at a reduced scale (see ``transforms.jpeg_draft_size``). With a
     ``store`` (``image_cache.ImageStore`` of the same samples, in the same order) images
     are read from the decoded-image cache instead of decoded.
+
+    With a ``seed`` the transform's randomness is reseeded at every sample from ``(seed,
+    epoch, index)``; an index is then ``i`` (epoch 0) or ``(epoch, i)`` from an
+    ``EpochSampler(tag_epoch=True)``. A sample's crop and flip are thus the same whichever
+    worker loads it, in whatever order, and in a resumed run as in an uninterrupted one.
     """
 
     def __init__(
@@ -42,9 +48,12 @@ class ImageDataset(Dataset):
         *,
         draft_size: int | None = None,
         store: ImageStore | None = None,
+        seed: int | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.seed = seed
+        self._reseed = AugmentationSeeder(transform) if seed is not None and transform else None
         self.draft_size = draft_size
         if store is not None and len(store) != len(self.samples):
             raise ValueError(f"The image store holds {len(store)} images for {len(self.samples)} samples.")
@@ -53,8 +62,11 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, i = index if isinstance(index, tuple) else (0, index)
         path, label = self.samples[i]
+        if self._reseed is not None:
+            self._reseed(self.seed, epoch, i)
         if self.store is not None:
             image = self.store[i]  # (H, W, 3) uint8 RGB, decoded and shrunk once
         else:
@@ -66,19 +78,6 @@ class ImageDataset(Dataset):
     @property
     def labels(self) -> list[int]:
         return [label for _, label in self.samples]
-
-
-def _seed_worker_augmentations(worker_id: int) -> None:
-    """Give each DataLoader worker its own augmentation stream.
-
-    albumentations' ``Compose`` keeps its own generator, which every forked worker would
-    otherwise copy, so all workers would draw the same crops and flips. The seed torch
-    gives a worker derives from the loader's seeded generator, so runs stay repeatable.
-    """
-    info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
 class FinetuneDataModule(pl.LightningDataModule):
@@ -151,20 +150,21 @@ class FinetuneDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         self.datasets = {
-            "train": self._make(self.splits.train, self.train_transform, "train", self.train_side),
+            "train": self._make(self.splits.train, self.train_transform, "train", self.train_side,
+                                seed=self.seed),
             "val": self._make(self.splits.val, self.eval_transform, "val", self.eval_side),
             "test": self._make(self.splits.test, self.eval_transform, "test", self.eval_side),
         }
 
     def _make(self, samples: list[tuple[str, int]], transform: A.Compose, split: str,
-              side: int) -> ImageDataset:
+              side: int, seed: int | None = None) -> ImageDataset:
         store = None
         if self.image_cache:
             self._single_cv2_thread()
             store = cached_images(samples, side=side, draft_size=self.draft_size,
                                   cache_dir=self.image_cache_dir, num_workers=self.num_workers,
                                   desc=f"images {split}")
-        return ImageDataset(samples, transform, draft_size=self.draft_size, store=store)
+        return ImageDataset(samples, transform, draft_size=self.draft_size, store=store, seed=seed)
 
     def _dataset(self, split: str, *, augmented: bool) -> ImageDataset:
         if split not in SPLITS:
@@ -196,28 +196,25 @@ class FinetuneDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            worker_init_fn=_seed_worker_augmentations if self.num_workers > 0 else None,
             **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Augmented, shuffled (or class-balanced), ragged last batch dropped. With workers
-        a ``ContinuousLoader``: they make the next epoch's batches while this one ends."""
+        a ``ContinuousLoader``: they make the next epoch's batches while this one ends.
+        Order and augmentation are functions of (seed, epoch) (``EpochSampler``), so a
+        resumed epoch sees what the uninterrupted run's epoch saw."""
         dataset = self._dataset("train", augmented=True)
-        generator = torch.Generator().manual_seed(self.seed)
-        # Dropping a ragged last batch keeps BatchNorm away from batches of one, but only
-        # when there is more than one batch: a tiny set must still train on something.
-        drop_last = len(dataset) > self.batch_size
+        weights = None
         if self.balanced_sampling:
             counts = self.splits.counts("train")
             weights = torch.tensor([1.0 / counts[label] for label in dataset.labels], dtype=torch.double)
-            sampler = WeightedRandomSampler(
-                weights, num_samples=len(dataset), replacement=True, generator=generator
-            )
-            return self._loader(dataset, loader_cls=self.train_loader_cls, sampler=sampler,
-                                drop_last=drop_last, generator=generator)
-        return self._loader(dataset, loader_cls=self.train_loader_cls, shuffle=True,
-                            drop_last=drop_last, generator=generator)
+        sampler = EpochSampler(len(dataset), seed=self.seed, weights=weights, tag_epoch=True)
+        # Dropping a ragged last batch keeps BatchNorm away from batches of one, but only
+        # when there is more than one batch: a tiny set must still train on something.
+        drop_last = len(dataset) > self.batch_size
+        return self._loader(dataset, loader_cls=self.train_loader_cls, sampler=sampler,
+                            drop_last=drop_last, generator=_loader_generator(self.seed))
 
     # Loaders without gradients (validation, test, feature extraction, reports) take
     # batches of ``eval_batch_size``. ``finetune run`` makes it twice the training batch on
@@ -237,3 +234,18 @@ class FinetuneDataModule(pl.LightningDataModule):
         WITHOUT augmentation), evaluation and reports."""
         return self._loader(self._dataset(split, augmented=False), shuffle=False,
                             batch_size=self.eval_batch_size)
+
+
+def _loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader draws its workers' base seed at every ``iter()``: from this generator,
+    not torch's global one, whose draws would otherwise depend on how many epochs this
+    process has run."""
+    return torch.Generator().manual_seed(seed)
+
+
+def epoch_loader(dataset: Dataset, *, batch_size: int, seed: int,
+                 generator: torch.Generator | None = None) -> DataLoader:
+    """A training loader over ``dataset`` (cached features) shuffled by ``EpochSampler``;
+    a ``ContinuousLoader``, whose checkpointed epoch a resume restores."""
+    return ContinuousLoader(dataset, batch_size=batch_size,
+                            sampler=EpochSampler(len(dataset), seed=seed), generator=generator)

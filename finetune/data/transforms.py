@@ -164,7 +164,7 @@ def build_transform(
 ) -> A.Compose:
     """The pipeline for an (H, W, 3) uint8 RGB array: ``t(image=x)["image"]`` is a
     (3, size, size) float32 tensor. ``seed`` makes the random augmentations repeatable
-    (the datamodule reseeds each DataLoader worker differently from it). ``hflip=False``
+    (the training dataset reseeds it at every sample from (seed, epoch, index)). ``hflip=False``
     for data whose mirror image is another thing: text, digits, road signs.
     ``normalize=False`` leaves a uint8 tensor for ``normalize_batch`` on the device."""
     _check_level(level)

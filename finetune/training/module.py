@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 
 import pytorch_lightning as pl
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import RunConfig
+from ..data.sampling import seed_globals
 from ..data.transforms import prepare_batch
 from ..models import Backbone
 from ..strategies import Phase
@@ -67,6 +69,10 @@ class FinetuneModule(pl.LightningModule):
     # ------------------------------------------------------------------ steps
     def on_train_epoch_start(self) -> None:
         self.phase.check_bn_policy(self.model)
+        # Dropout and drop-path draw from the global generators: reseeded from where the
+        # run is, so that an epoch replayed after a resume draws what it drew the first time.
+        seed_globals(self.cfg.seed, zlib.crc32(self.phase.name.encode()), self.current_epoch,
+                     self.global_rank)
         self._train_sums = {"loss": 0.0, "correct": 0, "n": 0}
 
     def training_step(self, batch, batch_idx):

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import RunConfig, save_config
 from ..data import DataSplits, FinetuneDataModule, discover, load_splits, resolve_data, save_splits
+from ..data.datamodule import epoch_loader
 from ..evaluation import classification_metrics, write_report
 from ..io import atomic_write_json, writing
 from ..models import Backbone, load_state_dict_file, load_weights
@@ -295,8 +296,9 @@ def _loaders(prep: Prepared, phase: Phase, state: Progress) -> tuple[DataLoader,
     # enter; there Lightning's DistributedSampler shuffles from the seed anyway.
     spawn = prep.cfg.distributed == "ddp_spawn"
     generator = None if spawn else torch.Generator().manual_seed(prep.cfg.seed)
-    train = DataLoader(state.features["train"], batch_size=prep.cfg.batch_size, shuffle=True,
-                       generator=generator)
+    # Shuffled by (seed, epoch): a resumed epoch gets the uninterrupted run's order.
+    train = epoch_loader(state.features["train"], batch_size=prep.cfg.batch_size,
+                         seed=prep.cfg.seed, generator=generator)
     return train, DataLoader(state.features["val"], batch_size=1024)
 
 
