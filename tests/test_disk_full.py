@@ -141,6 +141,24 @@ def test_feature_cache_past_the_limit_leaves_no_half_entry(small_dir, tmp_path, 
     assert np.load(train / "features.npy", mmap_mode="r").shape == (12, 1280)
 
 
+# ---------------------------------------------------------------------- image cache
+def test_image_cache_past_the_limit_leaves_no_half_entry(small_dir, tmp_path, cli):
+    out, cache = tmp_path / "run", tmp_path / "images"
+    args = _flags(small_dir, out, strategy="partial", epochs=1, **{"image-cache-dir": cache})
+    # The training images decoded at >= 114 px (RandomResizedCrop's reach) need far more.
+    line = _one_line(_limited(20_000, "run", *args, "--image-cache", "-q", cwd=tmp_path))
+    assert line.startswith(f"Error: {FULL}{cache}/"), line
+    assert line.endswith(f"free space in {cache}, point --image-cache-dir (or "
+                         f"FINETUNE_IMAGE_CACHE_DIR) at a bigger disk, or train without "
+                         f"--image-cache; no part of the entry was kept."), line
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+    assert not (out / "checkpoints").exists()
+
+    again = cli("run", *args, "--image-cache", "-q", "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert len(list(cache.rglob("meta.json"))) >= 1 and _leftovers(cache) == []
+
+
 # ---------------------------------------------------------------------- report
 def test_report_past_the_limit_is_one_line_and_resume_rewrites_it(linear_small, small_dir,
                                                                    tmp_path, cli):
