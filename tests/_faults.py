@@ -88,6 +88,7 @@ class Outcome:
 def run_child(args: list[str], run_dir: Path, *, kill_at: int = 0, timeout: float = 600) -> Outcome:
     """``finetune ARGS`` in a child process that SIGKILLs itself at moment ``kill_at``."""
     moments = run_dir.parent / f"{run_dir.name}.moments.{os.getpid()}.{kill_at}.txt"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     moments.unlink(missing_ok=True)
     env = {**os.environ, "FINETUNE_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
            "KILL_AT": str(kill_at), "MOMENTS": str(moments)}

@@ -50,7 +50,7 @@ class FinetuneModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> FinetuneModule:
-        """Lightning calls ``train()`` at every epoch: keep frozen stages in eval mode."""
+        """Train mode where the phase trains; frozen stages stay in eval mode."""
         super().train(mode)
         if mode:
             self.phase.apply_bn_policy(self.model)
@@ -68,6 +68,11 @@ class FinetuneModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def on_train_epoch_start(self) -> None:
+        # Lightning leaves modules in the mode it finds them (after validation it restores
+        # the mode from before it). A phase after a head-only one (lp-ft's fine-tuning)
+        # would find the network in eval mode, its BatchNorm statistics frozen, and a
+        # resumed run, whose probe did not run in this process, would not: set it here.
+        self.train()
         self.phase.check_bn_policy(self.model)
         # Dropout and drop-path draw from the global generators: reseeded from where the
         # run is, so that an epoch replayed after a resume draws what it drew the first time.
