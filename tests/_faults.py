@@ -163,7 +163,8 @@ def files_lost(run_dir: Path) -> list[str]:
 # Where a kill point can fall, by the moments' names.
 PLACES = {
     "inside an epoch": ("train step", "validation step"),
-    "between epochs or phases": ("saved", "start of phase"),
+    "between epochs": ("saved",),
+    "between phases": ("start of phase",),
     "during evaluation": ("evaluation",),
 }
 
@@ -173,9 +174,10 @@ def place_of(where: str) -> str:
 
 
 def kill_points(moments: list[str], n: int, seed: int) -> list[int]:
-    """``n`` moments (1-based) to kill at, drawn with ``seed``, taking the places in turn
-    so that a few points already cover all of them. Only moments after the first
-    checkpoint: before it there is nothing to resume (``--resume`` says so)."""
+    """``n`` moments (1-based) to kill at, drawn with ``seed``, taking the places the run
+    has in turn, so that a few points already cover all of them. Only moments after the
+    first checkpoint: before it there is nothing to resume (``--resume`` says so), and a
+    one-phase run has no place between phases."""
     import random
 
     rng = random.Random(seed)
@@ -183,7 +185,7 @@ def kill_points(moments: list[str], n: int, seed: int) -> list[int]:
     by_place: dict[str, list[int]] = {place: [] for place in PLACES}
     for i in range(first + 1, len(moments)):
         by_place[place_of(moments[i])].append(i + 1)
-    places = list(PLACES)
+    places = [place for place, found in by_place.items() if found]
     return [rng.choice(by_place[places[j % len(places)]]) for j in range(n)]
 
 

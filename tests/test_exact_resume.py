@@ -178,13 +178,14 @@ def test_full_run_killed_mid_epoch_resumes_to_the_same_result(two_dir, tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["full", "lp-ft"])
-def test_random_kills_resume_to_the_same_result(strategy, two_dir, tmp_path):
-    """Three kill points drawn across the run (inside an epoch, between epochs or phases,
-    during evaluation), each killed with SIGKILL and resumed: every resume ends with the
-    uninterrupted run's weights, val loss and test metrics, and no file is lost."""
-    trials = inject(two_dir, tmp_path, strategy, n=3, seed=2026)
-    assert {place_of(t.where) for t in trials} == set(PLACES)
+@pytest.mark.parametrize(("strategy", "n"), [("full", 3), ("lp-ft", 4)])
+def test_random_kills_resume_to_the_same_result(strategy, n, two_dir, tmp_path):
+    """Kill points drawn across the run (inside an epoch, between epochs, between lp-ft's
+    phases, during evaluation), each killed with SIGKILL and resumed: every resume ends
+    with the uninterrupted run's weights, val loss and test metrics; no file is lost."""
+    trials = inject(two_dir, tmp_path, strategy, n=n, seed=2026)
+    places = set(PLACES) - ({"between phases"} if strategy == "full" else set())
+    assert {place_of(t.where) for t in trials} == places
     for t in trials:
         assert t.killed and t.resumed, t
         assert max(t.diff.values()) <= TOL, t
