@@ -99,10 +99,11 @@ def run_child(args: list[str], run_dir: Path, *, kill_at: int = 0, timeout: floa
     return Outcome(run_dir, child.returncode, child.stderr, [ln.split("\t", 1)[1] for ln in lines])
 
 
-def run_args(data: Path, out: Path, strategy: str, *, epochs: int, seed: int = 0) -> list[str]:
+def run_args(data: Path, out: Path, strategy: str, *, epochs: int, seed: int = 0,
+             num_workers: int = 0) -> list[str]:
     """A tiny CPU run that trains the backbone with augmentation: seconds per epoch."""
     flags = {"data": data, "output": out, "strategy": strategy, "backbone": "efficientnet_lite0",
-             "image-size": 32, "batch-size": 4, "num-workers": 0, "accelerator": "cpu",
+             "image-size": 32, "batch-size": 4, "num-workers": num_workers, "accelerator": "cpu",
              "epochs": epochs, "lp-epochs": 2, "augment": "medium", "seed": seed}
     return ["run", *[a for k, v in flags.items() for a in (f"--{k}", str(v))], "-q"]
 

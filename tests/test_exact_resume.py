@@ -2,9 +2,9 @@
 uninterrupted, because every epoch's randomness is a function of (seed, epoch).
 
 The pieces: the order (``EpochSampler``), the augmentation of each sample (``ImageDataset``
-seeded per (seed, epoch, index)), the training loader's epoch restored from the checkpoint
-(``ContinuousLoader.state_dict``), the global generators reseeded at each epoch
-(``FinetuneModule``). Then whole runs, killed at a fixed point (here) and at random
+seeded per (seed, epoch, index)), a ContinuousLoader whose workers start after Lightning's
+``set_epoch``, the global generators reseeded at each epoch (``FinetuneModule``). Then
+whole runs, killed at a fixed point (here) and at random
 points across the run (the slow test; benchmarks/fault_injection.py prints its table).
 """
 
@@ -115,30 +115,28 @@ class _Tags(Dataset):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_loader_restored_from_its_state_continues_at_the_next_epoch(workers):
-    """What Lightning does on resume: ``load_state_dict`` before the first ``iter()``, and
-    ``set_epoch`` only after it. With workers the ContinuousLoader runs passes ahead."""
+def test_resumed_loader_starts_at_the_resumed_epoch(workers):
+    """Lightning's order at each epoch: ``iter()`` first, ``set_epoch`` after it, then the
+    batches. A resumed run's loader is new (its sampler at epoch 0) and its first epoch is
+    not 0: its first pass must still be that epoch's, also when the ContinuousLoader's
+    workers run passes ahead."""
     def loader():
         return ContinuousLoader(_Tags(), batch_size=4, num_workers=workers,
                                 persistent_workers=workers > 0,
                                 sampler=EpochSampler(12, seed=3, tag_epoch=True))
 
-    uninterrupted, seen = loader(), {}
-    for epoch in range(4):
-        batches = list(iter(uninterrupted))  # Lightning's iter(), then set_epoch (late)
-        uninterrupted.sampler.set_epoch(epoch + 1)
-        seen[epoch] = torch.cat(batches).tolist()
-        if epoch == 1:
-            state = uninterrupted.state_dict()  # last.ckpt at the end of epoch 1
-    assert state == {"epoch": 1}
-    resumed = loader()
-    resumed.load_state_dict(state)
-    for epoch in (2, 3):
-        it = iter(resumed)
-        resumed.sampler.set_epoch(epoch)
-        assert torch.cat(list(it)).tolist() == seen[epoch]
-    assert all(e == epoch for epoch in seen for e, _ in seen[epoch])
-    assert [i for _, i in seen[2]] == EpochSampler(12, seed=3).order(2)
+    def epochs(dl, numbers):
+        seen = {}
+        for epoch in numbers:
+            it = iter(dl)
+            dl.sampler.set_epoch(epoch)
+            seen[epoch] = torch.cat(list(it)).tolist()
+        return seen
+
+    uninterrupted = epochs(loader(), range(4))
+    assert epochs(loader(), (2, 3)) == {e: uninterrupted[e] for e in (2, 3)}
+    assert all(e == epoch for epoch in uninterrupted for e, _ in uninterrupted[epoch])
+    assert [i for _, i in uninterrupted[2]] == EpochSampler(12, seed=3).order(2)
 
 
 def test_datamodule_train_loader_is_epoch_seeded(two_dir):
@@ -190,3 +188,20 @@ def test_random_kills_resume_to_the_same_result(strategy, n, two_dir, tmp_path):
         assert t.killed and t.resumed, t
         assert max(t.diff.values()) <= TOL, t
         assert t.lost == [], t
+
+
+@pytest.mark.slow
+def test_workers_do_not_change_the_run_and_resume_exactly(two_dir, tmp_path):
+    """Augmentation seeded per sample and order per epoch: a run with 2 ContinuousLoader
+    workers, killed mid-epoch and resumed, ends bit for bit where a run without workers
+    ends uninterrupted."""
+    ref_dir, out = tmp_path / "no-workers", tmp_path / "workers"
+    ref = run_child(run_args(two_dir, ref_dir, "full", epochs=3), ref_dir)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    args = run_args(two_dir, out, "full", epochs=3, num_workers=2)
+    at = ref.moments.index("train step 1, epoch 2, phase full") + 1
+    assert run_child(args, out, kill_at=at).killed
+    resumed = run_child([*args, "--resume"], out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    diff = differences(ref_dir, out)
+    assert max(diff.values()) <= TOL, diff

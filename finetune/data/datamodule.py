@@ -245,7 +245,7 @@ def _loader_generator(seed: int) -> torch.Generator:
 
 def epoch_loader(dataset: Dataset, *, batch_size: int, seed: int,
                  generator: torch.Generator | None = None) -> DataLoader:
-    """A training loader over ``dataset`` (cached features) shuffled by ``EpochSampler``;
-    a ``ContinuousLoader``, whose checkpointed epoch a resume restores."""
+    """A training loader over ``dataset`` (cached features), shuffled by ``EpochSampler``:
+    a resumed epoch gets the order the uninterrupted run's epoch got."""
     return ContinuousLoader(dataset, batch_size=batch_size,
                             sampler=EpochSampler(len(dataset), seed=seed), generator=generator)

@@ -17,11 +17,9 @@ before its pass begins (Lightning does so too, but only at the start of the epoc
 the workers have started on it). With ``num_workers=0`` there is nothing to run ahead
 and it is a plain ``DataLoader``.
 
-It is also the training loader a resume restores (Lightning saves ``state_dict`` of a
-stateful training loader in the checkpoint and loads it before the first ``iter()``): it
-records the epoch of the pass it is handing out, and a resume moves the sampler to the
-epoch after it. Lightning's own ``set_epoch`` comes too late for that first pass: the
-iterator, and with it the first batch, is made before Lightning moves the sampler.
+The workers start at the first batch asked for, not at ``iter()``: Lightning calls
+``iter()`` on the training loader before it moves the sampler to the epoch it is at
+(``set_epoch``), and a resumed run's first pass must begin at that epoch, not at 0.
 """
 
 from __future__ import annotations
@@ -68,21 +66,6 @@ class ContinuousLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._left_in_pass = 0  # batches of the current pass not yet handed out
-        self._epoch_now = self._sampler_epoch()  # the epoch of the pass being handed out
-        self._stream_start = 0  # the sampler's epoch when the workers' stream began
-        self._passes = 0  # passes of the stream begun so far
-
-    def _sampler_epoch(self) -> int:
-        return getattr(self.sampler, "epoch", 0)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch_now}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue after the saved epoch: checkpoints are written at the end of an epoch
-        and Lightning resumes them at the next one."""
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(state["epoch"] + 1)
 
     @property
     def _index_sampler(self):
@@ -96,24 +79,22 @@ class ContinuousLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:
         if self.num_workers == 0:
-            self._epoch_now = self._sampler_epoch()
             return super().__iter__()
-        # The stream lives where DataLoader keeps a persistent-workers iterator, so that
-        # Lightning's end-of-fit teardown (``_iterator._shutdown_workers()``, then None)
-        # stops these workers too; a later epoch then starts a fresh stream.
+        return self._epoch()
+
+    def _epoch(self) -> Iterator[Any]:
+        # Runs from the first batch asked for (a generator), so the stream starts after
+        # Lightning's set_epoch. It lives where DataLoader keeps a persistent-workers
+        # iterator, so that Lightning's end-of-fit teardown (``_iterator._shutdown_workers()``,
+        # then None) stops these workers too; a later epoch then starts a fresh stream.
         if self._iterator is None:
-            self._stream_start, self._passes = self._sampler_epoch(), 0
             self._iterator = self._get_iterator()
             self._left_in_pass = 0
-        return self._epoch(self._iterator)
-
-    def _epoch(self, stream: Iterator[Any]) -> Iterator[Any]:
+        stream = self._iterator
         # An epoch left unfinished (an error, a step limit) leaves part of its pass in the
         # stream: skip it, so that every epoch still starts at the start of a pass.
         for _ in range(self._left_in_pass):
             next(stream)
-        self._epoch_now = self._stream_start + self._passes
-        self._passes += 1
         self._left_in_pass = len(self)
         while self._left_in_pass:
             batch = next(stream)
