@@ -1,5 +1,5 @@
 """Kill ``finetune run`` with SIGKILL at random points, resume it, and compare with the
-same run uninterrupted: the table of docs/reliability.md's "Exact resume".
+same run uninterrupted: the table in benchmarks/REPORT.md's "Fault injection".
 
     python benchmarks/fault_injection.py            # 4 kill points each for full and lp-ft
     python benchmarks/fault_injection.py --n 10 --seed 1
