@@ -335,11 +335,11 @@ def test_planted_mean_mismatch_fails_parity_and_writes_nothing(trained, tmp_path
 
 
 def test_interrupted_write_leaves_nothing(trained, tmp_path, monkeypatch):
-    def half_written(tensors, filename, metadata=None):
-        Path(filename).write_bytes(b"\x00" * 1000)
+    def half_written(path, data):
+        Path(path).write_bytes(data[:1000])
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(safetensors_format, "save_file", half_written)
+    monkeypatch.setattr(safetensors_format, "atomic_write_bytes", half_written)
     dest = tmp_path / "out" / "weights"
     with pytest.raises(KeyboardInterrupt):
         export_run(trained.run_dir, format="safetensors", output=dest)
