@@ -8,6 +8,7 @@ changes one (a model's weights, a dataset's files) works on a copy.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 os.environ["FINETUNE_OFFLINE"] = "1"
@@ -129,6 +130,18 @@ def photos_dir(tmp_path_factory):
     from finetune.data.builtin import build_dataset
 
     return build_dataset("photos", root=tmp_path_factory.mktemp("datasets"), per_class=16, size=96)
+
+
+@pytest.fixture(scope="session")
+def brick_cat_dir(photos_dir, tmp_path_factory) -> Path:
+    """2 classes x 8 real photos (12 train, 2 val, 2 test at the default split): runs of a
+    few seconds for the tests that start, kill and resume real runs. Read-only."""
+    root = tmp_path_factory.mktemp("brick-cat") / "data"
+    for name in ("brick", "cat"):
+        (root / name).mkdir(parents=True)
+        for src in sorted((photos_dir / name).iterdir())[:8]:
+            shutil.copy(src, root / name / src.name)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -65,17 +65,6 @@ def _leftovers(folder: Path) -> list[str]:
                   if p.name.startswith((".tmp-", ".")) and p.name != ".lock")
 
 
-@pytest.fixture(scope="module")
-def small_dir(photos_dir, tmp_path_factory) -> Path:
-    """2 classes x 8 real photos: runs of a few seconds."""
-    root = tmp_path_factory.mktemp("small") / "data"
-    for name in ("brick", "cat"):
-        (root / name).mkdir(parents=True)
-        for src in sorted((photos_dir / name).iterdir())[:8]:
-            shutil.copy(src, root / name / src.name)
-    return root
-
-
 def _flags(data: Path, out: Path, **kw) -> list[str]:
     flags = {"data": data, "output": out, "backbone": "efficientnet_lite0", "image-size": 32,
              "batch-size": 4, "num-workers": 0, "accelerator": "cpu", **kw}
@@ -83,26 +72,26 @@ def _flags(data: Path, out: Path, **kw) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def linear_small(small_dir, tmp_path_factory) -> Path:
+def linear_small(brick_cat_dir, tmp_path_factory) -> Path:
     """A finished linear run on the small folder (the tests copy it before changing it)."""
     out = tmp_path_factory.mktemp("runs") / "linear"
-    run(RunConfig(data=str(small_dir), output=str(out), backbone="efficientnet_lite0",
+    run(RunConfig(data=str(brick_cat_dir), output=str(out), backbone="efficientnet_lite0",
                   image_size=32, batch_size=4, num_workers=0, accelerator="cpu", epochs=2),
         progress=False)
     return out
 
 
 # ---------------------------------------------------------------------- checkpoints
-def test_checkpoint_write_past_the_limit_keeps_the_previous_one(small_dir, tmp_path, cli):
+def test_checkpoint_write_past_the_limit_keeps_the_previous_one(brick_cat_dir, tmp_path, cli):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"
-    first = cli("run", *_flags(small_dir, out, strategy="partial", epochs=1), "-q")
+    first = cli("run", *_flags(brick_cat_dir, out, strategy="partial", epochs=1), "-q")
     assert first.exit_code == 0, first.output
     before = _sha(ckpts / "last.ckpt")
 
     # Epoch 1's checkpoint (35 MB) cannot be written under 1 MB; config.yaml and
     # splits.json (a few kB) can.
-    resumed = _limited(1_000_000, "run", *_flags(small_dir, out, strategy="partial", epochs=2),
+    resumed = _limited(1_000_000, "run", *_flags(brick_cat_dir, out, strategy="partial", epochs=2),
                        "-q", "--resume", cwd=tmp_path)
     line = _one_line(resumed)
     assert re.fullmatch(
@@ -114,15 +103,15 @@ def test_checkpoint_write_past_the_limit_keeps_the_previous_one(small_dir, tmp_p
     assert last["epoch"] == 0 and last["state_dict"]  # whole, and the epoch before the failure
     assert _leftovers(ckpts) == []
 
-    again = cli("run", *_flags(small_dir, out, strategy="partial", epochs=2), "-q", "--resume")
+    again = cli("run", *_flags(brick_cat_dir, out, strategy="partial", epochs=2), "-q", "--resume")
     assert again.exit_code == 0, again.output
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 1
 
 
 # ---------------------------------------------------------------------- feature cache
-def test_feature_cache_past_the_limit_leaves_no_half_entry(small_dir, tmp_path, cli):
+def test_feature_cache_past_the_limit_leaves_no_half_entry(brick_cat_dir, tmp_path, cli):
     out, cache = tmp_path / "run", tmp_path / "features"
-    args = _flags(small_dir, out, strategy="linear", epochs=1, **{"feature-cache-dir": cache})
+    args = _flags(brick_cat_dir, out, strategy="linear", epochs=1, **{"feature-cache-dir": cache})
     # 12 training images x 1280 float32 features = 61 kB > 20 kB; the run's own files fit.
     line = _one_line(_limited(20_000, "run", *args, "-q", cwd=tmp_path))
     assert line.startswith(f"Error: {FULL}{cache}/"), line
@@ -142,9 +131,9 @@ def test_feature_cache_past_the_limit_leaves_no_half_entry(small_dir, tmp_path, 
 
 
 # ---------------------------------------------------------------------- image cache
-def test_image_cache_past_the_limit_leaves_no_half_entry(small_dir, tmp_path, cli):
+def test_image_cache_past_the_limit_leaves_no_half_entry(brick_cat_dir, tmp_path, cli):
     out, cache = tmp_path / "run", tmp_path / "images"
-    args = _flags(small_dir, out, strategy="partial", epochs=1, **{"image-cache-dir": cache})
+    args = _flags(brick_cat_dir, out, strategy="partial", epochs=1, **{"image-cache-dir": cache})
     # The training images decoded at >= 114 px (RandomResizedCrop's reach) need far more.
     line = _one_line(_limited(20_000, "run", *args, "--image-cache", "-q", cwd=tmp_path))
     assert line.startswith(f"Error: {FULL}{cache}/"), line
@@ -160,12 +149,12 @@ def test_image_cache_past_the_limit_leaves_no_half_entry(small_dir, tmp_path, cl
 
 
 # ---------------------------------------------------------------------- report
-def test_report_past_the_limit_is_one_line_and_resume_rewrites_it(linear_small, small_dir,
+def test_report_past_the_limit_is_one_line_and_resume_rewrites_it(linear_small, brick_cat_dir,
                                                                    tmp_path, cli):
     out = tmp_path / "run"
     shutil.copytree(linear_small, out)
     shutil.rmtree(out / "report")
-    args = _flags(small_dir, out, strategy="linear", epochs=2)
+    args = _flags(brick_cat_dir, out, strategy="linear", epochs=2)
     # metrics.json (3 kB) fits under 20 kB, the report's figures (40-60 kB) do not.
     line = _one_line(_limited(20_000, "run", *args, "-q", "--resume", cwd=tmp_path))
     named = re.fullmatch(
@@ -188,7 +177,7 @@ def test_report_past_the_limit_is_one_line_and_resume_rewrites_it(linear_small, 
     pytest.param("onnx", marks=pytest.mark.slow),
     pytest.param("torchscript", marks=pytest.mark.slow),
 ])
-def test_export_past_the_limit_keeps_the_previous_export(linear_small, small_dir, tmp_path, cli,
+def test_export_past_the_limit_keeps_the_previous_export(linear_small, brick_cat_dir, tmp_path, cli,
                                                          fmt):
     dest = tmp_path / "export"
     first = cli("export", linear_small, "--format", fmt, "--output", dest)
@@ -203,7 +192,7 @@ def test_export_past_the_limit_keeps_the_previous_export(linear_small, small_dir
     assert {p.name: _sha(p) for p in dest.iterdir()} == files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no .partial, no .old
     # Usable: it predicts what the run's own model predicts.
-    images = sorted((small_dir / "cat").iterdir())[:2]
+    images = sorted((brick_cat_dir / "cat").iterdir())[:2]
     expected = finetune.load(linear_small).predict_proba(images)
     assert expected.shape == (2, 2)
     np.testing.assert_allclose(finetune.load(dest).predict_proba(images), expected, atol=1e-4)

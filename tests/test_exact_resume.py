@@ -10,9 +10,6 @@ points across the run (the slow test; benchmarks/fault_injection.py prints its t
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 from _faults import PLACES, differences, files_lost, inject, place_of, run_args, run_child
@@ -28,17 +25,6 @@ from finetune.models import create_backbone
 
 TOL = 1e-6  # CPU, one thread, deterministic kernels: the runs agree to the bit in practice
 HALF = create_backbone("efficientnet_lite0", pretrained=False).pretrained_cfg
-
-
-@pytest.fixture(scope="module")
-def two_dir(photos_dir, tmp_path_factory) -> Path:
-    """2 classes x 8 real photos: 12 train (3 steps of 4), 2 val, 2 test."""
-    root = tmp_path_factory.mktemp("exact") / "data"
-    for name in ("brick", "cat"):
-        (root / name).mkdir(parents=True)
-        for src in sorted((photos_dir / name).iterdir())[:8]:
-            shutil.copy(src, root / name / src.name)
-    return root
 
 
 # ---------------------------------------------------------------------- the order
@@ -139,8 +125,8 @@ def test_resumed_loader_starts_at_the_resumed_epoch(workers):
     assert [i for _, i in uninterrupted[2]] == EpochSampler(12, seed=3).order(2)
 
 
-def test_datamodule_train_loader_is_epoch_seeded(two_dir):
-    splits = discover(two_dir, val_fraction=0.2, test_fraction=0.2, seed=0)
+def test_datamodule_train_loader_is_epoch_seeded(brick_cat_dir):
+    splits = discover(brick_cat_dir, val_fraction=0.2, test_fraction=0.2, seed=0)
     dm = FinetuneDataModule(splits, HALF, image_size=32, augment="medium", batch_size=4, seed=0)
     loader = dm.train_dataloader()
     assert isinstance(loader.sampler, EpochSampler) and loader.sampler.tag_epoch
@@ -156,16 +142,16 @@ def test_datamodule_train_loader_is_epoch_seeded(two_dir):
 
 
 # ---------------------------------------------------------------------- whole runs
-def test_full_run_killed_mid_epoch_resumes_to_the_same_result(two_dir, tmp_path):
+def test_full_run_killed_mid_epoch_resumes_to_the_same_result(brick_cat_dir, tmp_path):
     """kill -9 in the third epoch of a `full` run (after two checkpoints), --resume: the
     same best and last weights, val loss and test metrics as the run that was not killed."""
     ref_dir, out = tmp_path / "uninterrupted", tmp_path / "killed"
-    ref = run_child(run_args(two_dir, ref_dir, "full", epochs=3), ref_dir)
+    ref = run_child(run_args(brick_cat_dir, ref_dir, "full", epochs=3), ref_dir)
     assert ref.returncode == 0, ref.stderr[-3000:]
     at = ref.moments.index("train step 1, epoch 2, phase full") + 1
-    killed = run_child(run_args(two_dir, out, "full", epochs=3), out, kill_at=at)
+    killed = run_child(run_args(brick_cat_dir, out, "full", epochs=3), out, kill_at=at)
     assert killed.killed and killed.moments[-1] == "train step 1, epoch 2, phase full"
-    resumed = run_child([*run_args(two_dir, out, "full", epochs=3), "--resume"], out)
+    resumed = run_child([*run_args(brick_cat_dir, out, "full", epochs=3), "--resume"], out)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # Resumed from epoch 1's checkpoint: only epoch 2 and the evaluation ran again.
     assert resumed.moments[0] == "start of phase full"
@@ -177,11 +163,11 @@ def test_full_run_killed_mid_epoch_resumes_to_the_same_result(two_dir, tmp_path)
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "n"), [("full", 3), ("lp-ft", 4)])
-def test_random_kills_resume_to_the_same_result(strategy, n, two_dir, tmp_path):
+def test_random_kills_resume_to_the_same_result(strategy, n, brick_cat_dir, tmp_path):
     """Kill points drawn across the run (inside an epoch, between epochs, between lp-ft's
     phases, during evaluation), each killed with SIGKILL and resumed: every resume ends
     with the uninterrupted run's weights, val loss and test metrics; no file is lost."""
-    trials = inject(two_dir, tmp_path, strategy, n=n, seed=2026)
+    trials = inject(brick_cat_dir, tmp_path, strategy, n=n, seed=2026)
     places = set(PLACES) - ({"between phases"} if strategy == "full" else set())
     assert {place_of(t.where) for t in trials} == places
     for t in trials:
@@ -191,14 +177,14 @@ def test_random_kills_resume_to_the_same_result(strategy, n, two_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_workers_do_not_change_the_run_and_resume_exactly(two_dir, tmp_path):
+def test_workers_do_not_change_the_run_and_resume_exactly(brick_cat_dir, tmp_path):
     """Augmentation seeded per sample and order per epoch: a run with 2 ContinuousLoader
     workers, killed mid-epoch and resumed, ends bit for bit where a run without workers
     ends uninterrupted."""
     ref_dir, out = tmp_path / "no-workers", tmp_path / "workers"
-    ref = run_child(run_args(two_dir, ref_dir, "full", epochs=3), ref_dir)
+    ref = run_child(run_args(brick_cat_dir, ref_dir, "full", epochs=3), ref_dir)
     assert ref.returncode == 0, ref.stderr[-3000:]
-    args = run_args(two_dir, out, "full", epochs=3, num_workers=2)
+    args = run_args(brick_cat_dir, out, "full", epochs=3, num_workers=2)
     at = ref.moments.index("train step 1, epoch 2, phase full") + 1
     assert run_child(args, out, kill_at=at).killed
     resumed = run_child([*args, "--resume"], out)

@@ -8,7 +8,6 @@ docs/reliability.md, "One run per folder".
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -62,17 +61,6 @@ def test_lock_file_alone_is_not_a_run_and_overwrite_keeps_it(tmp_path):
 
 
 # ---------------------------------------------------------------------- real processes
-@pytest.fixture(scope="module")
-def small_dir(photos_dir, tmp_path_factory) -> Path:
-    """2 classes x 8 real photos: runs of a few seconds."""
-    root = tmp_path_factory.mktemp("small") / "data"
-    for name in ("brick", "cat"):
-        (root / name).mkdir(parents=True)
-        for src in sorted((photos_dir / name).iterdir())[:8]:
-            shutil.copy(src, root / name / src.name)
-    return root
-
-
 def _args(data: Path, out: Path, *, epochs: int) -> list[str]:
     flags = {"data": data, "output": out, "backbone": "efficientnet_lite0", "strategy": "partial",
              "epochs": epochs, "image-size": 32, "batch-size": 4, "num-workers": 0,
@@ -103,10 +91,10 @@ def _wait_for(path: Path, child: subprocess.Popen, timeout: float = 300) -> None
 
 
 @pytest.mark.slow
-def test_two_runs_started_together_one_runs_one_is_refused(small_dir, tmp_path):
+def test_two_runs_started_together_one_runs_one_is_refused(brick_cat_dir, tmp_path):
     out = tmp_path / "run"
     # Long enough that the second process reaches the lock while the first holds it.
-    args = _args(small_dir, out, epochs=5)
+    args = _args(brick_cat_dir, out, epochs=5)
     children = [_start(args, tmp_path), _start(args, tmp_path)]
     results = [(c, *c.communicate(timeout=600)) for c in children]
     assert sorted(c.returncode for c in children) == [0, 2], [r[2][-2000:] for r in results]
@@ -125,13 +113,13 @@ def test_two_runs_started_together_one_runs_one_is_refused(small_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_while_the_run_trains_is_refused(small_dir, tmp_path):
+def test_resume_while_the_run_trains_is_refused(brick_cat_dir, tmp_path):
     out = tmp_path / "run"
-    first = _start(_args(small_dir, out, epochs=50), tmp_path)
+    first = _start(_args(brick_cat_dir, out, epochs=50), tmp_path)
     try:
         _wait_for(out / "checkpoints" / "last.ckpt", first)
         resume = subprocess.run([sys.executable, "-m", "finetune",
-                                 *_args(small_dir, out, epochs=50), "--resume"],
+                                 *_args(brick_cat_dir, out, epochs=50), "--resume"],
                                 cwd=tmp_path, env=_env(), capture_output=True,
                                 text=True, timeout=300)
         assert first.poll() is None  # still training: the refusal was about the lock
@@ -146,9 +134,9 @@ def test_resume_while_the_run_trains_is_refused(small_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_is_not_blocked_by_the_stale_lock(small_dir, tmp_path):
+def test_resume_after_kill_9_is_not_blocked_by_the_stale_lock(brick_cat_dir, tmp_path):
     out = tmp_path / "run"
-    args = _args(small_dir, out, epochs=3)
+    args = _args(brick_cat_dir, out, epochs=3)
     first = _start(args, tmp_path)
     _wait_for(out / "checkpoints" / "last.ckpt", first)
     first.send_signal(signal.SIGKILL)
