@@ -340,3 +340,32 @@ def test_a_linear_probe_trains_without_dropout(feature_cache):
     assert model.training
     torch.manual_seed(0)
     assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("strategy", ["lp-ft", "surgical"])
+def test_the_phase_after_the_probe_keeps_the_checkpoint_statistics(strategy):
+    """lp-ft's and surgical's second phase trains its stages with the whole network in eval
+    mode: a training step moves the weights, never a BatchNorm's running statistics, and
+    no dropout fires, on every epoch (Lightning's train() included) and after a resume."""
+    model = create_backbone("efficientnet_lite0", pretrained=False, num_classes=3)
+    cfg = RunConfig(strategy=strategy)
+    probe, second = plan(cfg, model)
+    assert not probe.bn_eval and second.bn_eval and second.trainable_stages(model)
+    module = FinetuneModule(model, second, cfg, classes=["a", "b", "c"])
+    module.train()  # what every training epoch starts with
+    assert not any(m.training for m in model.modules())
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    weight = next(p for p in second.trainable_stages(model)[0].parameters() if p.ndim > 1)
+    before = weight.detach().clone()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
+    torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)  # no dropout
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    assert not torch.equal(weight, before)
+    for key, value in model.state_dict().items():
+        if "running_" in key:
+            assert torch.equal(value, stats[key]), key
+    # `partial` and `full` train their BatchNorm layers with batch statistics.
+    full = plan(RunConfig(strategy="full"), model)[0]
+    assert not full.bn_eval

@@ -12,7 +12,14 @@ from .registry import Default, EpochCost, Planning, StrategySpec, register
 
 
 def _phases(cfg: RunConfig, model: Backbone) -> list[Phase]:
-    return [leading_probe(cfg), LP_FT.phase(cfg, "full", unfreeze="all", epochs=cfg.epochs)]
+    # bn_eval: the fine-tuning keeps the statistics the probe's head was fitted under.
+    return [leading_probe(cfg),
+            LP_FT.phase(cfg, "full", unfreeze="all", epochs=cfg.epochs, bn_eval=True)]
+
+
+def _bn_policy(unfreeze: int | None, signals: dict, batch_size: int) -> str:
+    return ("every stage trains with BatchNorm in eval mode: the checkpoint's statistics, "
+            "under which the probe's head was fitted, and no dropout")
 
 
 LP_FT = register(StrategySpec(
@@ -34,6 +41,7 @@ LP_FT = register(StrategySpec(
         lr_reason="the head starts trained, so fine-tuning takes small steps that keep the features "
                   "(Kumar et al. 2022 fine-tune after the probe at a lower rate)",
         fallbacks=("partial",),
+        bn_policy=_bn_policy,
     ),
     cost=EpochCost(fixed=3.0, per_share=0.0),  # as full; the probe costs one feature extraction
     probe_first=True,

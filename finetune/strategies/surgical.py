@@ -15,13 +15,14 @@ def _phases(cfg: RunConfig, model: Backbone) -> list[Phase]:
     # rather than to a random head.
     k = cfg.unfreeze if cfg.unfreeze is not None else SURGICAL.defaults["unfreeze"].value
     return [leading_probe(cfg),
-            SURGICAL.phase(cfg, "surgical", unfreeze=k, epochs=cfg.epochs, from_input=True)]
+            SURGICAL.phase(cfg, "surgical", unfreeze=k, epochs=cfg.epochs, from_input=True,
+                           bn_eval=True)]
 
 
 def _bn_policy(unfreeze: int | None, signals: dict, batch_size: int) -> str:
-    return (f"the first {unfreeze} stage(s) re-estimate their statistics (AdaBN plus tuning: it "
-            f"removed {signals['shift_pixel']:.2f} of the later stages' shift); later stages keep "
-            f"the checkpoint's, in eval mode")
+    return (f"the first {unfreeze} stage(s) train with BatchNorm in eval mode, as every other "
+            f"stage: the checkpoint's statistics (early AdaBN would remove "
+            f"{signals['shift_pixel']:.2f} of the later stages' shift; the weights adapt instead)")
 
 
 SURGICAL = register(StrategySpec(
