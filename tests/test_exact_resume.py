@@ -142,6 +142,7 @@ def test_datamodule_train_loader_is_epoch_seeded(brick_cat_dir):
 
 
 # ---------------------------------------------------------------------- whole runs
+@pytest.mark.slow
 def test_full_run_killed_mid_epoch_resumes_to_the_same_result(brick_cat_dir, tmp_path):
     """kill -9 in the third epoch of a `full` run (after two checkpoints), --resume: the
     same best and last weights, val loss and test metrics as the run that was not killed."""
