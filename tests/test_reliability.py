@@ -47,15 +47,6 @@ def four_dir(photos_dir, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def two_dir(four_dir, tmp_path_factory) -> Path:
-    """2 classes x 8 photos (12 training images): for the runs that train the backbone."""
-    root = tmp_path_factory.mktemp("two") / "data"
-    for name in CLASSES[:2]:
-        shutil.copytree(four_dir / name, root / name)
-    return root
-
-
 def _cfg(data, out, **kw) -> RunConfig:
     base = dict(data=str(data), output=str(out), backbone="efficientnet_lite0", image_size=64,
                 batch_size=8, num_workers=0, epochs=3)
@@ -218,7 +209,7 @@ def _frozen_state_keys(model, phase) -> list[str]:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_continues_the_same_run(cli, two_dir, tmp_path):
+def test_kill_9_then_resume_continues_the_same_run(cli, brick_cat_dir, tmp_path):
     """SIGKILL a `finetune run` child after its first checkpoint, then `--resume` it with a
     larger --epochs: it continues from where it died (same phase, frozen stages, BN
     statistics, optimizer groups, schedule position) and runs to the new end."""
@@ -226,7 +217,7 @@ def test_kill_9_then_resume_continues_the_same_run(cli, two_dir, tmp_path):
 
     def args_for(epochs: int) -> list[str]:
         sizes = {"batch-size": 4, "image-size": 32}  # the smallest the backbone takes: fast
-        return ["run", *_flags(two_dir, out, strategy="partial", epochs=epochs, **sizes), "-q"]
+        return ["run", *_flags(brick_cat_dir, out, strategy="partial", epochs=epochs, **sizes), "-q"]
 
     args = args_for(5)
     env = {**os.environ, "FINETUNE_OFFLINE": "1"}
@@ -249,7 +240,7 @@ def test_kill_9_then_resume_continues_the_same_run(cli, two_dir, tmp_path):
     final = load_checkpoint(last)
     assert final["epoch"] == 5 and final["global_step"] == 6 * steps_per_epoch
     # Same phase and frozen stages, same optimizer groups, scheduler continued per step.
-    cfg = _cfg(two_dir, out, strategy="partial")
+    cfg = _cfg(brick_cat_dir, out, strategy="partial")
     pretrained = create_backbone("efficientnet_lite0", pretrained=True, num_classes=2)
     phase = plan(cfg, pretrained)[0]
     for ckpt in (killed, final):
@@ -274,9 +265,9 @@ def test_kill_9_then_resume_continues_the_same_run(cli, two_dir, tmp_path):
     assert any(not torch.equal(final["state_dict"][f"model.{k}"], reference[k]) for k in trained)
 
 
-def test_resume_inside_lp_ft_second_phase_skips_the_probe(two_dir, tmp_path, monkeypatch):
+def test_resume_inside_lp_ft_second_phase_skips_the_probe(brick_cat_dir, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    run(_cfg(two_dir, out, strategy="lp-ft", lp_epochs=1, epochs=1, image_size=32), progress=False)
+    run(_cfg(brick_cat_dir, out, strategy="lp-ft", lp_epochs=1, epochs=1, image_size=32), progress=False)
     probe = out / "checkpoints" / "linear" / "last.ckpt"
     before = (_sha(probe), probe.stat().st_mtime_ns)
     extracted, histories = [], []
@@ -285,7 +276,7 @@ def test_resume_inside_lp_ft_second_phase_skips_the_probe(two_dir, tmp_path, mon
                         lambda *a, **k: extracted.append(1) or real_features(*a, **k))
     monkeypatch.setattr(train_mod, "write_report",
                         lambda d, m, history, *a, **k: histories.append(history) or real_report(d, m, history, *a, **k))
-    result = run(_cfg(two_dir, out, strategy="lp-ft", lp_epochs=1, epochs=2, image_size=32),
+    result = run(_cfg(brick_cat_dir, out, strategy="lp-ft", lp_epochs=1, epochs=2, image_size=32),
                  resume=True, progress=False)
     assert (_sha(probe), probe.stat().st_mtime_ns) == before  # the probe phase was not redone
     assert extracted == []  # not even its feature extraction
@@ -391,10 +382,10 @@ def test_same_seed_same_linear_run(base_run, four_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_same_seed_same_partial_run(two_dir, tmp_path):
+def test_same_seed_same_partial_run(brick_cat_dir, tmp_path):
     """Augmented images through unfrozen stages (dropout, BN updates, shuffling) twice."""
-    a = run(_cfg(two_dir, tmp_path / "a", strategy="partial", epochs=2, image_size=32), progress=False)
-    b = run(_cfg(two_dir, tmp_path / "b", strategy="partial", epochs=2, image_size=32), progress=False)
+    a = run(_cfg(brick_cat_dir, tmp_path / "a", strategy="partial", epochs=2, image_size=32), progress=False)
+    b = run(_cfg(brick_cat_dir, tmp_path / "b", strategy="partial", epochs=2, image_size=32), progress=False)
     _assert_identical_runs(a, b)
     # The trained stage really moved, so equality above is not two untouched copies.
     pretrained = create_backbone("efficientnet_lite0", pretrained=True, num_classes=2).state_dict()
