@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
+import shutil
 
 import numpy as np
 import pytest
@@ -213,6 +214,33 @@ def _signals(**kw) -> dict:
             "shift_later": 0.2, "shift_later_after_early_adabn": 0.2, "shift_pixel": 0.0}
     base.update(kw)
     return base
+
+
+def _split_folder(photos_dir, root, counts: dict[str, int]):
+    """Three classes of real photos laid out as ROOT/<split>/<class>/, ``counts[split]``
+    distinct images per class in each split."""
+    for name in sorted(p.name for p in photos_dir.iterdir() if p.is_dir())[:3]:
+        files = iter(sorted((photos_dir / name).iterdir()))
+        for split, n in counts.items():
+            (root / split / name).mkdir(parents=True)
+            for _ in range(n):
+                src = next(files)
+                shutil.copy(src, root / split / name / src.name)
+    return root
+
+
+@pytest.mark.parametrize("counts", [{"train": 6, "test": 10}, {"train": 5, "val": 2, "test": 9}])
+def test_amount_counts_only_the_images_that_train(photos_dir, lite0, tmp_path, counts):
+    """A test/ folder larger than train/ must not make the data look larger: the amount
+    that decides is train + val, the images the run fits on (linear refits on both)."""
+    root = _split_folder(photos_dir, tmp_path / "data", counts)
+    rec = _recommend(root, lite0)
+    trains = counts["train"] + counts.get("val", 0)
+    s = rec.stats
+    assert s["images"] == 3 * trains and s["per_class_median"] == trains
+    assert s["per_class"] == dict.fromkeys(s["per_class"], trains) and len(s["per_class"]) == 3
+    assert s["train_images"] + s["val_images"] == 3 * trains and s["test_images"] == 3 * counts["test"]
+    assert f"median {trains:g} images per class" in rec.reasons[0]
 
 
 def test_amount_thresholds_place_five_per_class_as_little(photos_rec):

@@ -20,8 +20,9 @@ def _profile(stages: list[dict], key: str) -> str:
 
 def evidence(signals: dict, amount: dict, decision: Decision, plan: Plan, thr: Thresholds) -> list[dict]:
     out = [
-        _e("images", amount["images"], f"{amount['classes']} classes; {amount['train_images']} train / "
-           f"{amount['val_images']} val / {amount['test_images']} test with `finetune run`'s split"),
+        _e("images", amount["images"], f"the images that train (train + val), {amount['classes']} classes; "
+           f"{amount['train_images']} train / {amount['val_images']} val with `finetune run`'s split, "
+           f"and {amount['test_images']} test images that only score"),
         _e("per_class_median", amount["per_class_median"],
            f"{decision.amount}: the line is {thr.little_per_class:g} images per class "
            f"(min {amount['per_class_min']}, max {amount['per_class_max']})"),

@@ -115,9 +115,9 @@ def _pretrained(backbone: str, weights: str, model: Backbone | None) -> Backbone
 
 
 def _amount(splits: DataSplits, *, seed: int) -> dict:
-    """How much data there is: counts and sizes over every split, and the split sizes."""
-    everything = splits.train + splits.val + splits.test
-    amount = amount_stats(everything, splits.classes, seed=seed)
+    """How much data trains: counts and sizes over train and val (what `linear` refits
+    on and the probes sample; the test images never train), and the split sizes."""
+    amount = amount_stats(splits.train + splits.val, splits.classes, seed=seed)
     amount["train_per_class_median"] = float(_median(splits.counts("train")))
     amount["train_images"] = len(splits.train)
     amount["val_images"] = len(splits.val)
