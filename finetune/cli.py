@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .config import AUGMENT_CHOICES, DISTRIBUTED, HEAD_FITS, ConfigError
+from .config import AUGMENT_CHOICES, DISTRIBUTED, HEAD_FITS, LOGGERS, ConfigError
 from .deploy.formats import format_names, get_format
 from .strategies import AUTO, check_strategy, get_strategy, strategy_names
 
@@ -101,6 +101,23 @@ class _StrategyChoice(click.Choice):
             self.fail(str(err), param, ctx)
 
 
+class _LearningRate(click.ParamType):
+    """``--lr``: a positive rate, or ``find`` (Lightning's range test picks each phase's)."""
+
+    name = "LR|find"
+
+    def convert(self, value, param, ctx):
+        if value == "find" or isinstance(value, float):
+            return value
+        try:
+            rate = float(value)
+        except ValueError:
+            self.fail(f"'{value}' is neither a learning rate (e.g. 1e-3) nor 'find'.", param, ctx)
+        if not rate > 0:
+            self.fail(f"{rate} is not a positive learning rate.", param, ctx)
+        return rate
+
+
 _STRATEGY_HELP = "; ".join(f"{name}: {get_strategy(name).summary}" for name in strategy_names())
 
 
@@ -127,8 +144,11 @@ def main() -> None:
 @click.option("--lp-epochs", type=click.IntRange(min=0), help="lp-ft: epochs of the linear phase.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Batch size.  [default: 32]")
 @click.option("--image-size", type=click.IntRange(min=1), help="Input size (default: the backbone's).")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
-              help="Head learning rate; backbone stages get less (default per strategy).")
+@click.option("--lr", type=_LearningRate(),
+              help="Head learning rate; backbone stages get less (default per strategy); "
+              "'find': each phase takes the rate of Lightning's range test (lr_find/ in the run).")
+@click.option("--lr-find-steps", type=click.IntRange(min=5),
+              help="Batches the range test of --lr find and lr-find runs.  [default: 100]")
 @click.option("--unfreeze", type=click.IntRange(min=0),
               help="partial: how many last stages train (default per backbone); surgical: how "
               "many first stages (default 2).")
@@ -149,8 +169,12 @@ def main() -> None:
               help="Where decoded images live.  [default: $FINETUNE_IMAGE_CACHE_DIR or "
               "~/.cache/finetune/images]")
 @click.option("--head-fit", type=click.Choice(HEAD_FITS),
-              help="linear: sgd trains the head for --epochs; lbfgs fits a logistic regression "
-              "to convergence, regularisation chosen on val.  [default: sgd]")
+              help="Head on cached features: lbfgs fits a logistic regression to convergence "
+              "(C chosen on val); sgd trains it with AdamW for --epochs.  [default: lbfgs for "
+              "linear, sgd for the probe of lp-ft and surgical]")
+@click.option("--head-refit/--no-head-refit", default=None,
+              help="lbfgs head that ends the run (linear): refit on train + val at the chosen "
+              "C; val metrics stay those of the fit before.  [default: on]")
 @click.option("--seed", type=int, help="Seed for the split, init and order.  [default: 0]")
 @click.option("--num-workers", type=click.IntRange(min=0), help="Data loader workers.")
 @click.option("--accelerator", help="Lightning accelerator: auto, cpu, gpu.  [default: auto]")
@@ -163,6 +187,18 @@ def main() -> None:
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the model when the backbone trains (GPU: faster after a "
               "minute of compiling).  [default: off]")
+@click.option("--logger", "loggers", type=click.Choice(LOGGERS), multiple=True,
+              help="Experiment tracking, repeatable: csv (RUN/logs/), tensorboard (RUN/tensorboard/), "
+              "mlflow, wandb (offline unless configured), none.  [default: csv]")
+@click.option("--tracking-uri", help="mlflow: a tracking server or store.  [default: "
+              "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db here]")
+@click.option("--patience", type=click.IntRange(min=1),
+              help="Stop a phase after this many epochs without a lower val loss (the best "
+              "epoch's weights are kept).")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
+              help="Wall-time budget of the run: with --strategy auto, the strategy, image size "
+              "and epochs with the best forecast that fits; every phase stops at the budget "
+              "(docs/recommend.md).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or decisions, just the result.")
@@ -174,11 +210,7 @@ def run(recipe, resume, overwrite, quiet, **flags) -> None:
     from .training import run as run_training
 
     _setup_logging(verbose=not quiet)
-    for key in ("output", "feature_cache_dir", "image_cache_dir"):
-        if flags.get(key) is not None:
-            flags[key] = str(flags[key])
-    flags["compile"] = flags.pop("compile_")
-    cfg = resolve_config(recipe, **flags)
+    cfg = resolve_config(recipe, **_config_flags(flags))
     try:
         result = run_training(cfg, resume=resume, overwrite=overwrite, progress=not quiet)
     except RunInterrupted as stop:
@@ -204,24 +236,57 @@ def run(recipe, resume, overwrite, quiet, **flags) -> None:
     click.echo(f"Run folder: {result.run_dir}  (report: {result.run_dir / 'report' / 'summary.md'})")
 
 
+def _config_flags(flags: dict) -> dict:
+    """``run``'s options as ``RunConfig`` keys."""
+    for key in ("output", "feature_cache_dir", "image_cache_dir"):
+        if flags.get(key) is not None:
+            flags[key] = str(flags[key])
+    flags["compile"] = flags.pop("compile_")
+    flags["loggers"] = flags["loggers"] or None  # none given: the recipe's, or the default
+    return flags
+
+
+@main.command("lr-find", params=[p for p in run.params if p.name not in ("lr", "resume")])
+@_user_errors
+def lr_find(recipe, overwrite, quiet, **flags) -> None:
+    """Lightning's learning-rate range test for each phase of a run: the curves
+    (lr_find/<phase>.png), lr_find.json and the `finetune run` to use (default --output
+    runs/<data>-<backbone>-<strategy>-lr-find)."""
+    from .config import resolve_config
+    from .training.lr_find import find_lrs
+
+    _setup_logging(verbose=not quiet)
+    cfg = resolve_config(recipe, **_config_flags(flags))
+    out, findings = find_lrs(cfg, overwrite=overwrite, progress=not quiet)
+    for finding in findings:
+        click.echo(finding.line())
+    click.echo(f"Curves and lr_find.json: {out}")
+
+
+_TTA_HELP = ("Test-time augmentation: average the probabilities of the plain view, its "
+             "mirror image (only if the run trained with flips) and five crops of it enlarged.")
+
+
 @main.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--data", help="Evaluate on every image of this folder instead of the test split.")
+@click.option("--tta", is_flag=True, help=_TTA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_user_errors
-def evaluate(run_dir: Path, data: str | None, as_json: bool) -> None:
+def evaluate(run_dir: Path, data: str | None, tta: bool, as_json: bool) -> None:
     """Re-evaluate a run's best model on its test split (or on --data)."""
     from .io import atomic_write_json
     from .training import evaluate_run
 
     _setup_logging(verbose=False)
-    metrics = evaluate_run(run_dir, data, progress=not as_json)
+    metrics = evaluate_run(run_dir, data, tta=tta, progress=not as_json)
     atomic_write_json(run_dir / "evaluation.json", metrics)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
-    click.echo(f"{metrics['data']}: {metrics['num_samples']} images, accuracy {metrics['accuracy']:.4f}, "
-               f"macro-F1 {metrics['macro_f1']:.4f}")
+    views = f" (TTA: {len(metrics['tta']['views'])} views)" if "tta" in metrics else ""
+    click.echo(f"{metrics['data']}: {metrics['num_samples']} images{views}, accuracy "
+               f"{metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     for label, row in metrics["per_class"].items():
         click.echo(f"  {label:<24} precision {row['precision']:.3f}  recall {row['recall']:.3f}  "
                    f"f1 {row['f1']:.3f}  n={row['support']}")
@@ -349,8 +414,10 @@ def export(run_dir: Path, fmt: str, output: Path | None, opset: int | None, half
               help='Print JSON: [{"path", "predictions": [{"label", "probability"}]}].')
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per forward pass.")
+@click.option("--tta", is_flag=True, help=_TTA_HELP)
 @_user_errors
-def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, batch_size: int) -> None:
+def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, batch_size: int,
+            tta: bool) -> None:
     """Top-k labels of IMAGES (files or folders) with MODEL: a run folder or an export folder.
 
     Images are prepared exactly as evaluation prepares them (EXIF orientation included).
@@ -365,7 +432,8 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, ba
         raise UserError(f"No image files in {', '.join(map(str, images))} "
                         f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
     results, failed = [], 0
-    for path, preds, reason in predict_files(predictor, files, top_k=top_k, batch_size=batch_size):
+    for path, preds, reason in predict_files(predictor, files, top_k=top_k, batch_size=batch_size,
+                                             tta=tta):
         if preds is None:
             failed += 1
             click.echo(f"Skipped {path}: {reason}", err=True)
@@ -378,6 +446,43 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, ba
         click.echo(json.dumps(results, indent=2))
     if failed == len(files):
         raise UserError(f"None of the {len(files)} images could be read (reasons above).")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the figures and explain.json.  [default: RUN_DIR/explain]")
+@click.option("--target", help="Explain this label instead of each image's predicted one.")
+@click.option("--methods", default="gradcam,occlusion", show_default=True,
+              help="Maps to draw, comma-separated: gradcam, occlusion.")
+@_user_errors
+def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target: str | None,
+            methods: str) -> None:
+    """Why RUN_DIR's model predicts what it does on IMAGES (files or folders): per image the
+    top-3 labels, Grad-CAM on the backbone's last stage and occlusion sensitivity, drawn
+    on the image as the model saw it, with how much covering each map's most salient
+    region lowers the probability against covering random regions (docs/explain.md)."""
+    from .deploy.predict import collect_images
+    from .evaluation.explain import EXPLAIN_JSON, explain_run
+
+    _setup_logging(verbose=False)
+    files = collect_images(images)
+    if not files:
+        raise UserError(f"No image files in {', '.join(map(str, images))} "
+                        f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
+    result = explain_run(run_dir, files, output=output, target=target,
+                         methods=[m.strip() for m in methods.split(",") if m.strip()])
+    out_dir = Path(output) if output is not None else run_dir / "explain"
+    for item in result["images"]:
+        top = ", ".join(f"{p['label']} {p['probability']:.4f}" for p in item["top3"])
+        click.echo(f"{item['path']}: {top} -> {out_dir / item['files']['figure']}")
+    for item in result["skipped"]:
+        click.echo(f"Skipped {item['path']}: {item['reason']}", err=True)
+    for method, drops in result["faithfulness"]["mean"].items():
+        click.echo(f"{method}: covering the most salient window lowers p by "
+                   f"{drops['salient_drop']:.3f} on average, a random one by {drops['random_drop']:.3f}")
+    click.echo(f"Wrote {out_dir / EXPLAIN_JSON}")
 
 
 @main.command()

@@ -22,6 +22,8 @@ HEAD_FITS = ("sgd", "lbfgs")
 # Lightning strategies this toolkit runs and tests (docs/scaling.md); FSDP and DeepSpeed
 # shard models far larger than any backbone here, so they are left out.
 DISTRIBUTED = ("auto", "ddp", "ddp_spawn")
+# Experiment trackers (training/tracking.py): Lightning's loggers, or none at all.
+LOGGERS = ("csv", "tensorboard", "mlflow", "wandb", "none")
 
 
 class ConfigError(ValueError):
@@ -45,6 +47,10 @@ class RunConfig:
     lp_epochs: int | None = None  # the linear-probe phase of lp-ft and surgical
     batch_size: int = 32
     lr: float | None = None  # learning rate of the head; backbone stages get less
+    # `lr: find` in a recipe (--lr find): each phase takes the rate Lightning's range test
+    # suggests (training/lr_finder.py) over lr_find_steps batches; lr stays None then.
+    lr_find: bool = False
+    lr_find_steps: int = 100
     backbone_lr_scale: float = 0.1  # last unfrozen stage lr = lr * this (pretrained features move slowly)
     layer_decay: float = 0.7  # each earlier stage: x this again (layer-wise lr decay)
     weight_decay: float = 1e-4  # AdamW; never applied to biases and norm parameters
@@ -68,7 +74,18 @@ class RunConfig:
     image_cache_dir: str | None = None  # default $FINETUNE_IMAGE_CACHE_DIR or ~/.cache/finetune/images
     # How the head of a cached-feature phase trains: "sgd" = AdamW epochs through Lightning;
     # "lbfgs" = logistic regression to convergence, C swept on val (as CLIP / DINOv2 probes).
-    head_fit: str = "sgd"
+    # None: the strategy's default (`linear`: lbfgs; a probe before fine-tuning: sgd).
+    head_fit: str | None = None
+    # An lbfgs head that ends the run: after C is chosen on val, refit it on train + val.
+    head_refit: bool = True
+
+    # --- tracking and stopping
+    loggers: tuple[str, ...] = ("csv",)  # any of LOGGERS; csv writes <run folder>/logs/
+    tracking_uri: str | None = None  # mlflow: a server or store (default: ./mlflow.db)
+    patience: int | None = None  # stop a phase after this many epochs without a lower val loss
+    # Minutes for the whole run (docs/recommend.md): `auto` plans strategy, size and epochs to
+    # fit; every strategy's phases stop at what is left (Lightning's max_time).
+    budget: float | None = None
 
     # --- hardware (passed to Lightning)
     accelerator: str = "auto"
@@ -82,13 +99,19 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.augment not in AUGMENT_CHOICES:
             raise ConfigError(_choice_error("augment", self.augment, AUGMENT_CHOICES))
-        if self.head_fit not in HEAD_FITS:
+        if self.head_fit is not None and self.head_fit not in HEAD_FITS:
             raise ConfigError(_choice_error("head_fit", self.head_fit, HEAD_FITS))
         if self.distributed not in DISTRIBUTED:
             raise ConfigError(_choice_error("distributed", self.distributed, DISTRIBUTED))
         if self.class_weights not in ("auto", "on", "off"):
             raise ConfigError(_choice_error("class_weights", self.class_weights, ("auto", "on", "off")))
-        for name in ("epochs", "lp_epochs", "batch_size", "unfreeze", "image_size", "num_nodes"):
+        _check_loggers(self.loggers)
+        if self.budget is not None and not self.budget > 0:
+            raise ConfigError(f"budget must be a positive number of minutes, got {self.budget}.")
+        if self.lr_find and self.lr is not None:
+            raise ConfigError(f"lr is {self.lr} and lr_find is on: give a rate or 'find', not both.")
+        for name in ("epochs", "lp_epochs", "batch_size", "unfreeze", "image_size", "num_nodes",
+                     "lr_find_steps", "patience"):
             value = getattr(self, name)
             if value is not None and value < (0 if name == "lp_epochs" else 1):
                 raise ConfigError(f"{name} must be a positive integer, got {value}.")
@@ -122,6 +145,8 @@ class RunConfig:
             raise ConfigError(
                 f"Unknown key '{key}' in {where}.{hint} Valid keys: {', '.join(cls.keys())}."
             )
+        if values.get("lr") == "find":  # `lr: find`: the range test picks each phase's rate
+            values = {**values, "lr": None, "lr_find": True}
         return cls(**{k: _coerce(k, v) for k, v in values.items()})
 
 
@@ -129,12 +154,23 @@ def _coerce(key: str, value: Any) -> Any:
     """YAML gives ints where floats are meant (lr: 1) and strings for paths: normalise."""
     if value is None:
         return None
+    if key == "loggers":  # `loggers: tensorboard` or a list
+        return (value,) if isinstance(value, str) else tuple(value)
     kind = {f.name: f.type for f in fields(RunConfig)}[key]
     if "float" in kind and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if kind.startswith("str") and not isinstance(value, str):
         return str(value)
     return value
+
+
+def _check_loggers(loggers: tuple[str, ...]) -> None:
+    for name in loggers:
+        if name not in LOGGERS:
+            raise ConfigError(_choice_error("logger", name, LOGGERS))
+    if "none" in loggers and len(loggers) > 1:
+        raise ConfigError(f"loggers {list(loggers)}: 'none' turns tracking off and cannot go "
+                          f"with other loggers; give 'none' alone, or leave it out.")
 
 
 def _choice_error(name: str, value: str, choices: tuple[str, ...]) -> str:

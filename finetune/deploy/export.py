@@ -158,6 +158,7 @@ def export_run(
         overwrite=overwrite,
         info={
             "strategy": cfg.strategy,
+            "hflip": cfg.hflip,
             "metrics": {"test": metrics.get("test"), "val": metrics.get("val")},
             "run": str(run_dir),
         },
@@ -286,6 +287,9 @@ def build_metadata(model: Backbone, *, labels: Sequence[str], image_size: int, f
             "crop_rule": CROP_RULE,
             "normalize_rule": NORMALIZE_RULE,
             "steps": list(STEPS),
+            # Whether the run trained with horizontal flips: test-time augmentation
+            # (predict --tta) adds a mirrored view only then.
+            "hflip": bool((info or {}).get("hflip", False)),
             "reference": (f"finetune.data.load_image + build_transform(train=False): "
                           f"albumentations {albumentations.__version__}, OpenCV {cv2.__version__}"),
         },

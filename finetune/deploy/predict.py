@@ -4,6 +4,7 @@
     predictor = finetune.load("runs/photos-efficientnet_lite0-linear/model/onnx")
     predictor.predict("cat.jpg", top_k=3)  # [Prediction(label='cat', probability=0.97), ...]
     predictor.predict([Image.open("a.png"), np.asarray(rgb)])  # one list per image
+    predictor.predict("cat.jpg", tta=True)  # averaged over predictor.tta_views (deploy/tta.py)
 
 Every image goes through the evaluation pipeline, the one implementation the toolkit
 has: ``finetune.data.load_image`` (EXIF orientation, RGB conversion, JPEG draft decoding
@@ -35,6 +36,7 @@ from ..data.transforms import build_transform, preprocess_spec, resolve_sizes
 from ..models import Backbone, PretrainedCfg
 from ..run_folder import load_run_model
 from .formats import MODEL_JSON, Forward, format_names, get_format, torch_forward
+from .tta import tta_probabilities, tta_views
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -116,6 +118,14 @@ class Predictor:
         self.image_size = cfg.image_size
         self._transform = build_transform(cfg, image_size=cfg.image_size, train=False)
         self._draft_size = self.preprocessing.get("jpeg_draft_size")
+        # Whether the run trained with horizontal flips; an export from before model.json
+        # recorded it gets no mirrored view.
+        self.hflip = bool(self.preprocessing.get("hflip", False))
+
+    @property
+    def tta_views(self) -> list[str]:
+        """The test-time views ``tta=True`` averages (finetune/deploy/tta.py)."""
+        return tta_views(hflip=self.hflip)
 
     def __repr__(self) -> str:
         return (f"Predictor({self.kind} from '{self.source}', {len(self.labels)} labels, "
@@ -132,17 +142,21 @@ class Predictor:
         return self._forward(batch).float().numpy()
 
     @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) preprocessed batch -> (B, C) float32 softmax probabilities."""
+    def probabilities(self, batch: torch.Tensor, *, tta: bool = False) -> np.ndarray:
+        """(B, 3, S, S) preprocessed batch -> (B, C) float32 softmax probabilities;
+        ``tta``: averaged over ``tta_views``."""
+        if tta:
+            return tta_probabilities(self._forward, batch, self.tta_views).numpy()
         return torch.softmax(self._forward(batch).float(), dim=1).numpy()
 
     def predict_proba(self, images: ImageInput | Sequence[ImageInput], *,
-                      batch_size: int = 32) -> np.ndarray:
+                      batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """(N, C) probabilities, in input order; ``batch_size`` images run at a time."""
         items, _ = _as_list(images)
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be at least 1.")
-        out = [self.probabilities(torch.stack([self.preprocess(im) for im in items[i:i + batch_size]]))
+        out = [self.probabilities(torch.stack([self.preprocess(im) for im in items[i:i + batch_size]]),
+                                  tta=tta)
                for i in range(0, len(items), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
@@ -155,14 +169,15 @@ class Predictor:
         return [[Prediction(self.labels[j], float(row[j])) for j in idx] for row, idx in zip(probs, order, strict=True)]
 
     def predict(self, images: ImageInput | Sequence[ImageInput], *, top_k: int = 5,
-                batch_size: int = 32) -> list[Prediction] | list[list[Prediction]]:
+                batch_size: int = 32, tta: bool = False) -> list[Prediction] | list[list[Prediction]]:
         """Top-k ``Prediction(label, probability)`` for one image, or a list per image.
 
         ``images``: a path, a PIL image, an (H, W, 3) uint8 RGB array, a list of those,
-        or an (N, H, W, 3) uint8 array.
+        or an (N, H, W, 3) uint8 array. ``tta``: probabilities averaged over the
+        test-time views (``tta_views``).
         """
         items, single = _as_list(images)
-        result = self.top_k(self.predict_proba(items, batch_size=batch_size), top_k)
+        result = self.top_k(self.predict_proba(items, batch_size=batch_size, tta=tta), top_k)
         return result[0] if single else result
 
 
@@ -196,7 +211,8 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Pred
     """The run's best checkpoint (read with ``weights_only=True``) and its eval pipeline."""
     run_dir = Path(run_dir)
     model, cfg, splits = load_run_model(run_dir)
-    spec = preprocess_spec(model.pretrained_cfg, cfg.image_size or model.pretrained_cfg.image_size)
+    spec = {**preprocess_spec(model.pretrained_cfg, cfg.image_size or model.pretrained_cfg.image_size),
+            "hflip": cfg.hflip}
     info = {"backbone": model.variant, "strategy": cfg.strategy}
     return Predictor(torch_forward(model, device), labels=splits.classes, preprocessing=spec,
                      kind="run", source=run_dir, info=info)
@@ -261,7 +277,7 @@ def collect_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def predict_files(predictor: Predictor, files: Sequence[Path], *, top_k: int = 5,
-                  batch_size: int = 32) -> Iterator[tuple[Path, list[Prediction] | None, str | None]]:
+                  batch_size: int = 32, tta: bool = False) -> Iterator[tuple[Path, list[Prediction] | None, str | None]]:
     """``(path, predictions, None)`` per readable file, ``(path, None, reason)`` per file that
     cannot be decoded: one bad file is reported, never the end of a folder's predictions."""
     for start in range(0, len(files), batch_size):
@@ -273,7 +289,10 @@ def predict_files(predictor: Predictor, files: Sequence[Path], *, top_k: int = 5
                 ok.append(f)
             except ImageDecodeError as err:
                 failed[f] = err.reason
-        preds = iter(predictor.top_k(predictor.probabilities(torch.stack(tensors)), top_k)) if tensors else iter(())
+        preds = iter(())
+        if tensors:
+            probs = predictor.probabilities(torch.stack(tensors), tta=tta)
+            preds = iter(predictor.top_k(probs, top_k))
         for f in chunk:
             yield (f, None, failed[f]) if f in failed else (f, next(preds), None)
 

@@ -1,18 +1,28 @@
-"""``finetune evaluate``: a finished run's model on its test split, or on another folder."""
+"""``finetune evaluate``: a finished run's model on its test split, or on another folder;
+``tta=True`` averages the test-time views of ``finetune.deploy.tta`` instead of one view."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
 from ..data import DataSplits, FinetuneDataModule, discover, resolve_data
+from ..data.transforms import prepare_batch
+from ..deploy.tta import tta_probabilities, tta_views
 from ..evaluation import classification_metrics
+from ..models import Backbone
 from ..run_folder import RunError, load_run_model
 from .features import predict_probs
 from .trainer import eval_batch_size_for, num_workers, select_device
 
 
-def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = True) -> dict:
-    """Re-evaluate a run's model on its test split, or on every image of ``data``."""
+def evaluate_run(run_dir: Path, data: str | None = None, *, tta: bool = False,
+                 progress: bool = True) -> dict:
+    """Re-evaluate a run's model on its test split, or on every image of ``data``; ``tta``
+    adds ``"tta": {"views": [...]}`` to the metrics."""
     model, cfg, splits = load_run_model(run_dir)
     if data is not None:
         splits = _relabelled(data, splits, seed=cfg.seed)
@@ -23,13 +33,33 @@ def evaluate_run(run_dir: Path, data: str | None = None, *, progress: bool = Tru
                             eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
                             num_workers=num_workers(cfg))
     dm.setup("test")
-    probs, labels = predict_probs(model, dm.eval_dataloader("test"), device=device,
-                                  desc="evaluate", progress=progress)
+    loader = dm.eval_dataloader("test")
+    views = tta_views(hflip=cfg.hflip) if tta else None
+    if views:
+        probs, labels = _tta_probs(model, loader, views, device=device, progress=progress)
+    else:
+        probs, labels = predict_probs(model, loader, device=device, desc="evaluate",
+                                      progress=progress)
     metrics = classification_metrics(labels.numpy(), probs.numpy(), splits.classes)
     metrics["num_samples"] = int(len(labels))
     metrics["skipped_files"] = list(splits.skipped)
     metrics["data"] = data or "test split"
+    if views:
+        metrics["tta"] = {"views": views}
     return metrics
+
+
+def _tta_probs(model: Backbone, loader: DataLoader, views: list[str], *, device: torch.device,
+               progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (N, C) averaged over ``views``, and labels (N,), in loader order."""
+    model.eval().to(device)
+    probs, labels = [], []
+    for x, y in tqdm(loader, desc="evaluate (tta)", unit="batch", disable=not progress,
+                     leave=False):
+        x = prepare_batch(x.to(device, non_blocking=True), model.pretrained_cfg)
+        probs.append(tta_probabilities(model, x, views).cpu())
+        labels.append(torch.as_tensor(y))
+    return torch.cat(probs), torch.cat(labels).long()
 
 
 def _relabelled(data: str, splits: DataSplits, *, seed: int) -> DataSplits:

@@ -18,6 +18,7 @@ and reports. The other ranks split the data identically (same seed) and train.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from ..config import RunConfig, save_config
 from ..data import DataSplits, FinetuneDataModule, discover, load_splits, resolve_data, save_splits
 from ..data.datamodule import epoch_loader
 from ..evaluation import classification_metrics, write_report
+from ..evaluation.gallery import TestPredictions
 from ..io import atomic_write_json, writing
 from ..models import Backbone, load_state_dict_file, load_weights
 from ..recommend import resolve_auto
@@ -48,17 +50,29 @@ from ..run_folder import (
     lock_run_dir,
 )
 from ..strategies import Phase, check_strategy, plan
+from ..strategies.linear import head_fit_for
 from .checkpointing import check_resume_data, resume_start, saved_history
 from .distributed import global_rank
 from .feature_cache import feature_splits
 from .features import predict_probs
-from .head_fit import check_linear_head, fit_logistic_head
+from .head_fit import check_linear_head, fit_logistic_head, refit_logistic_head
 from .interrupt import after_requeue, at_evaluation, at_phase, interruptible, within_fit
+from .lr_finder import LrFindResult, find_lr, saved_lrs, write_result
 from .module import FinetuneModule, count_trainable
-from .trainer import build_trainer, eval_batch_size_for, num_workers, quiet_lightning, select_device
+from .tracking import RunTracking, check_trackers
+from .trainer import (
+    build_trainer,
+    early_stop_in,
+    eval_batch_size_for,
+    num_workers,
+    quiet_lightning,
+    select_device,
+)
 
 log = logging.getLogger("finetune")
 
+# --budget: the share of the budget kept for evaluating val and test after training.
+EVAL_RESERVE = 0.05
 # Above this max/min ratio of class counts, class_weights=auto weights the loss by class.
 IMBALANCE_THRESHOLD = 3.0
 # Below this input size the 32x-downsampling backbones have no spatial extent left.
@@ -92,6 +106,7 @@ class Prepared:
     rank0: bool
     recommended: bool  # the strategy came from ``auto``
     lock: FileLock | None = None  # the run folder's, held by rank 0 until ``run`` returns
+    deadline: float | None = None  # --budget: the time.monotonic() by which training stops
 
     def checkpoint_dir(self, index: int) -> Path:
         """The final phase's checkpoints in ``checkpoints/``, earlier ones in a sub-folder."""
@@ -106,12 +121,19 @@ class Progress:
     world_size: int
     history: list[dict] = field(default_factory=list)  # one row per epoch, every phase
     head_fits: list[dict] = field(default_factory=list)  # L-BFGS fits of cached-feature heads
+    # The val metrics of a head refit on train + val: those of its selection fit, which
+    # had not seen val (the refit head's own val scores would be training scores).
+    selection_val: dict | None = None
     images_trained: int = 0
     features: dict[str, Dataset] | None = None  # pooled features per split, once computed
     extraction_s: float = 0.0
     cache_hits: dict[str, bool] = field(default_factory=dict)
     module: FinetuneModule | None = None  # the last phase's module
     datamodule: FinetuneDataModule | None = None
+    test_probs: torch.Tensor | None = None  # (N, C) of the evaluated weights: the top losses
+    tracking: RunTracking | None = None  # the run's loggers, shared by its phases
+    early_stops: list[dict] = field(default_factory=list)  # phases EarlyStopping ended
+    budget_stops: list[str] = field(default_factory=list)  # phases --budget's max_time ended
 
 
 # ---------------------------------------------------------------------- the run
@@ -120,6 +142,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     """Train ``cfg`` into its run folder and evaluate it; ``resume`` continues the latest
     checkpoint there, ``overwrite`` replaces an earlier run."""
     check_strategy(cfg.strategy)  # a misspelt recipe fails here, before anything is written
+    check_trackers(cfg)  # so does a logger whose package is missing
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
     resume, overwrite = after_requeue(run_dir, resume=resume, overwrite=overwrite)
@@ -136,25 +159,47 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
 def _train_and_finish(prep: Prepared, *, resume: bool, progress: bool) -> RunResult:
     """Steps 2 and 3 of ``run``, while the run folder's lock is held."""
     progress = progress and prep.rank0
-    state = Progress(world_size=int(os.environ.get("WORLD_SIZE", 1)))  # torchrun's
+    # One run in each tracker, whichever phases and processes it takes (training/tracking.py).
+    tracking = RunTracking.create(prep.cfg, prep.run_dir, resume=resume, write=prep.rank0)
+    state = Progress(world_size=int(os.environ.get("WORLD_SIZE", 1)), tracking=tracking)  # torchrun's
     start = time.perf_counter()
     # A resume continues the latest phase with a checkpoint; earlier phases finished (lp-ft's
     # probe is not redone: the later checkpoint holds the whole model).
     ckpt_dirs = [prep.checkpoint_dir(i) for i in range(len(prep.phases))]
     first_phase = resume_start(ckpt_dirs) if resume else 0
-    for i, phase in enumerate(prep.phases):
-        if i < first_phase:
-            log.info("Phase '%s' finished before the interruption; not redone.", phase.name)
-            state.history.extend(saved_history(ckpt_dirs[i]))
-            continue
-        at_phase(phase.name, i, len(prep.phases))
-        train_phase(prep, phase, ckpt_dirs[i], state, resume=resume, progress=progress)
-    train_time = time.perf_counter() - start
-    if not prep.rank0:
-        return RunResult(run_dir=prep.run_dir, metrics={}, is_global_zero=False)
-    at_evaluation()
-    metrics = finish(prep, state, train_time, progress=progress)
+    try:
+        for i, phase in enumerate(prep.phases):
+            if i < first_phase:
+                log.info("Phase '%s' finished before the interruption; not redone.", phase.name)
+                state.history.extend(saved_history(ckpt_dirs[i]))
+                _after_phase(prep, phase, ckpt_dirs[i], state)
+                continue
+            at_phase(phase.name, i, len(prep.phases))
+            train_phase(prep, phase, ckpt_dirs[i], state, resume=resume, progress=progress)
+        train_time = time.perf_counter() - start
+        if not prep.rank0:
+            tracking.close("success")
+            return RunResult(run_dir=prep.run_dir, metrics={}, is_global_zero=False)
+        at_evaluation()
+        metrics = finish(prep, state, train_time, progress=progress)
+    except BaseException:
+        tracking.close("failed")
+        raise
+    tracking.close("success")
     return RunResult(run_dir=prep.run_dir, metrics=metrics)
+
+
+def _after_phase(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress) -> None:
+    """The trackers' axes past a finished phase; its early stop, if it had one (rank 0:
+    the others log and report nothing)."""
+    if not prep.rank0:
+        return
+    state.tracking.advance_past(ckpt_dir)
+    stop = early_stop_in(ckpt_dir, phase) if prep.cfg.patience and prep.splits.val else None
+    if stop is not None:
+        state.early_stops.append(stop)
+        log.info("Phase '%s' stopped early at epoch %d of %d: %s.", phase.name,
+                 stop["stopped_epoch"], stop["max_epochs"], stop["reason"])
 
 
 # ---------------------------------------------------------------------- 1. prepare
@@ -175,10 +220,15 @@ def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Prepared:
 def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bool,
              overwrite: bool) -> Prepared:
     rank0 = global_rank() == 0
+    deadline = time.monotonic() + 60 * cfg.budget * (1 - EVAL_RESERVE) if cfg.budget else None
     if rank0:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data_path = resolve_data(cfg.data)
     splits = _splits(cfg, data_path, run_dir / SPLITS, resume=resume)
+    if cfg.patience and not splits.val:
+        raise RunError(f"--patience {cfg.patience} stops on validation loss, but '{data_path}' "
+                       f"gives no validation images: set val_fraction above 0 (or add a val/ "
+                       f"folder), or leave --patience out.")
 
     model = build_model(cfg, len(splits.classes))
     weights_source = model.weights_source  # loading the best checkpoint later overwrites it
@@ -187,7 +237,8 @@ def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bo
     if recommended:
         # The recommender measures the checkpoint on train + val and picks the strategy;
         # flags the user gave win. recommendation.json goes to the run folder.
-        cfg, _ = resolve_auto(cfg, splits, model, run_dir, resume=resume, write=rank0)
+        cfg, _ = resolve_auto(cfg, splits, model, run_dir, resume=resume, write=rank0,
+                              budget_minutes=_time_left(deadline) / 60 if deadline else None)
     phases = plan(cfg, model)
     image_size = cfg.image_size or model.pretrained_cfg.image_size
     _check_image_size(model, image_size)
@@ -204,7 +255,7 @@ def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bo
     return Prepared(cfg=cfg, run_dir=run_dir, data_path=data_path, splits=splits, model=model,
                     weights_source=weights_source, phases=phases, image_size=image_size,
                     class_weights=class_weights, device=device, rank0=rank0,
-                    recommended=recommended, lock=lock)
+                    recommended=recommended, lock=lock, deadline=deadline)
 
 
 def _splits(cfg: RunConfig, data_path: Path, splits_path: Path, *, resume: bool) -> DataSplits:
@@ -250,15 +301,13 @@ def train_phase(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *
                 resume: bool, progress: bool) -> None:
     """Train one phase into ``ckpt_dir`` and leave the model at its best-on-val weights."""
     cfg, model = prep.cfg, prep.model
-    dm = _datamodule(prep, phase)
-    state.datamodule = dm
-    if phase.feature_cache and state.features is None:
-        state.features, state.extraction_s, state.cache_hits = feature_splits(
-            model, dm, cfg, prep.device, progress)
+    phase_data(prep, phase, state, progress=progress)
+    if cfg.lr_find and not (phase.feature_cache and head_fit_for(cfg) == "lbfgs"):
+        phase = _at_found_lr(prep, phase, state, resume=resume, progress=progress)
     module = FinetuneModule(model, phase, cfg, classes=prep.splits.classes,
                             class_weights=prep.class_weights)
     state.module = module
-    if phase.feature_cache and cfg.head_fit == "lbfgs":
+    if phase.feature_cache and head_fit_for(cfg) == "lbfgs":
         _fit_head_lbfgs(prep, phase, ckpt_dir, state)
         return
     log.info("%s", phase.describe(model))
@@ -270,6 +319,42 @@ def train_phase(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *
     if best:
         # Evaluate (and start the next phase from) the weights that were best on val.
         load_weights(model, load_state_dict_file(best), f"checkpoint {best}")
+
+
+def phase_data(prep: Prepared, phase: Phase, state: Progress, *, progress: bool) -> None:
+    """The phase's datamodule and, for a cached-feature phase, the features (once a run)."""
+    state.datamodule = _datamodule(prep, phase)
+    if phase.feature_cache and state.features is None:
+        state.features, state.extraction_s, state.cache_hits = feature_splits(
+            prep.model, state.datamodule, prep.cfg, prep.device, progress)
+
+
+def find_phase_lr(prep: Prepared, phase: Phase, state: Progress, *,
+                  progress: bool = True) -> LrFindResult:
+    """Lightning's range test of ``phase`` on the batches it trains on (after ``phase_data``)."""
+    cfg = prep.cfg
+    if state.world_size > 1 or cfg.distributed != "auto" or cfg.num_nodes > 1:
+        raise RunError("--lr find sweeps on one device: run `finetune lr-find` with the same "
+                       "flags on one machine first, then this run with --lr <its suggestion>.")
+    train, _ = _loaders(prep, phase, state)
+    return find_lr(prep.model, phase, cfg, train, classes=prep.splits.classes,
+                   class_weights=prep.class_weights, progress=progress)
+
+
+def _at_found_lr(prep: Prepared, phase: Phase, state: Progress, *, resume: bool,
+                 progress: bool) -> Phase:
+    """``--lr find``: ``phase`` at the range test's rate, found now or, on a resume, read
+    back from the run folder's lr_find.json; ``prep.phases`` records it for metrics.json."""
+    lr = saved_lrs(prep.run_dir).get(phase.name) if resume else None
+    if lr is None:
+        result = find_phase_lr(prep, phase, state, progress=progress)
+        if prep.rank0:
+            write_result(prep.run_dir, result)
+        log.info("Phase '%s': lr %g, %s.", phase.name, result.suggestion, result.reason)
+        lr = result.suggestion
+    found = dataclasses.replace(phase, lr=lr)
+    prep.phases[prep.phases.index(phase)] = found
+    return found
 
 
 def _datamodule(prep: Prepared, phase: Phase) -> FinetuneDataModule:
@@ -313,10 +398,17 @@ def _fit(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *, resum
     resume_from = str(ckpt_path) if resume and ckpt_path.is_file() else None
     if resume_from:
         log.info("Resuming phase '%s' from %s.", phase.name, ckpt_path)
+    if resume_from and prep.cfg.patience and early_stop_in(ckpt_dir, phase):
+        # EarlyStopping ended the phase before the interruption; a fit would train on.
+        module.history = saved_history(ckpt_dir)
+        state.history.extend(module.history)
+        _after_phase(prep, phase, ckpt_dir, state)
+        return str(ckpt_dir / "best.ckpt")
     rows_before = len(saved_history(ckpt_dir)) if resume_from else 0
     with quiet_lightning():
         trainer, checkpoint = build_trainer(prep.cfg, phase, ckpt_dir, has_val=has_val,
-                                            progress=progress)
+                                            progress=progress, loggers=state.tracking.loggers,
+                                            max_time=_time_left(prep.deadline))
         with within_fit(trainer):  # a signal stops the fit at the end of a batch
             if spawn and not phase.feature_cache:
                 # Each spawned process builds its own loaders (their samplers hold a generator).
@@ -334,23 +426,45 @@ def _fit(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *, resum
         state.images_trained += module.images_seen * trainer.world_size
     state.world_size = trainer.world_size
     state.history.extend(module.history)
+    if prep.deadline is not None and _time_left(prep.deadline) <= 1.0 and trainer.current_epoch < phase.epochs:
+        log.warning("Phase '%s' stopped at the --budget after %d of %d epochs; its best-on-val "
+                    "weights are kept.", phase.name, trainer.current_epoch, phase.epochs)
+        state.budget_stops.append(phase.name)
+    _after_phase(prep, phase, ckpt_dir, state)
     return checkpoint.best_model_path if has_val and checkpoint.best_model_path else None
 
 
+def _time_left(deadline: float | None) -> float | None:
+    """Seconds until ``deadline`` (--budget), at least 0; None without a budget."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress) -> None:
-    """``--head-fit lbfgs``: the head as a logistic regression, C chosen on val; then
-    best.ckpt / last.ckpt written by Lightning as a trained phase would write them."""
+    """``--head-fit lbfgs``: the head as a logistic regression, C chosen on val; when it
+    ends the run, refit on train + val (``head_refit``) after its val metrics are taken;
+    then best.ckpt / last.ckpt written by Lightning as a trained phase would write them."""
     module, features, has_val = state.module, state.features, bool(prep.splits.val)
     classifier = module.model.get_classifier()
     check_linear_head(classifier)
-    fit = fit_logistic_head(features["train"], features["val"] if has_val else None,
-                            num_classes=len(module.classes), class_weights=prep.class_weights,
-                            label_smoothing=prep.cfg.label_smoothing)
+    fit_args = dict(num_classes=len(module.classes), class_weights=prep.class_weights,
+                    label_smoothing=prep.cfg.label_smoothing)
+    fit = fit_logistic_head(features["train"], features["val"] if has_val else None, **fit_args)
     fit.apply_to(classifier)
     chosen = fit.best_row()
+    # A later phase chooses its checkpoint on val: only the run's last phase may learn from it.
+    if has_val and prep.cfg.head_refit and phase is prep.phases[-1]:
+        probs, labels = predict_probs(module, DataLoader(features["val"], batch_size=1024),
+                                      device=prep.device, desc="evaluate val", progress=False)
+        m = classification_metrics(labels.numpy(), probs.numpy(), prep.splits.classes)
+        state.selection_val = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
+        fit = refit_logistic_head(fit, features["train"], features["val"], **fit_args)
+        fit.apply_to(classifier)
+        state.images_trained += len(features["val"])
     module.history = [{"epoch": 0, "phase": phase.name, "lr": None, "C": fit.C,
                        **{k: chosen[k] for k in ("train_loss", "train_accuracy", "val_loss",
                                                  "val_accuracy") if k in chosen}}]
+    state.tracking.log_row(module.history[0])
+    state.tracking.advance(0, 1)
     with quiet_lightning():
         trainer, _ = build_trainer(prep.cfg, phase, ckpt_dir, has_val=has_val, progress=False)
         # Nothing to fit step by step: attach the module as fit() would, so that Lightning
@@ -360,8 +474,11 @@ def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progres
         with within_fit(trainer):  # both files, or a signal waits for them
             for name in ("best.ckpt", "last.ckpt"):
                 trainer.save_checkpoint(ckpt_dir / name)
-    state.head_fits.append({"phase": phase.name, "method": "lbfgs", "C": fit.C,
-                            "time_s": round(fit.time_s, 3), "sweep": fit.sweep})
+    record = {"phase": phase.name, "method": "lbfgs", "C": fit.C,
+              "time_s": round(fit.time_s, 3), "sweep": fit.sweep}
+    if fit.refit is not None:
+        record["refit"] = {**fit.refit, "val_metrics": "of the fit on train alone, before the refit"}
+    state.head_fits.append(record)
     state.images_trained += len(features["train"])  # each through the backbone once
     state.history.extend(module.history)
 
@@ -375,11 +492,20 @@ def finish(prep: Prepared, state: Progress, train_time: float, *, progress: bool
                **{k: v for k, v in metrics.items() if k not in _METRICS_FIRST}}
     fix = ("free space, then rerun the command with --resume: the checkpoints are complete "
            "and only the evaluation is redone")
+    state.tracking.log_final(metrics)
     with writing(prep.run_dir / METRICS, fix):
         atomic_write_json(prep.run_dir / METRICS, metrics)
         write_report(prep.run_dir, metrics, state.history, prep.splits.classes,
-                     config=prep.cfg.to_dict())
+                     config=prep.cfg.to_dict(), test_predictions=_test_predictions(prep, state))
     return metrics
+
+
+def _test_predictions(prep: Prepared, state: Progress) -> TestPredictions | None:
+    """The whole model (also after a head trained on cached features) and its test
+    probabilities, for the report's gallery of top losses; None without a test split."""
+    if state.test_probs is None:
+        return None
+    return TestPredictions(prep.model, prep.splits.test, state.test_probs.numpy(), prep.image_size)
 
 
 def _evaluate(prep: Prepared, state: Progress, *, progress: bool) -> dict:
@@ -389,6 +515,9 @@ def _evaluate(prep: Prepared, state: Progress, *, progress: bool) -> dict:
         if not getattr(prep.splits, split):
             out[split] = None
             continue
+        if split == "val" and state.selection_val is not None:
+            out[split] = state.selection_val  # the final head was refit on val
+            continue
         if state.features is not None and state.module.on_features:
             loader = DataLoader(state.features[split], batch_size=1024)
         else:
@@ -396,6 +525,8 @@ def _evaluate(prep: Prepared, state: Progress, *, progress: bool) -> dict:
         probs, labels = predict_probs(state.module, loader, device=prep.device,
                                       desc=f"evaluate {split}", progress=progress)
         m = classification_metrics(labels.numpy(), probs.numpy(), prep.splits.classes)
+        if split == "test":
+            state.test_probs = probs
         if split == "val":
             m = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
         out[split] = m
@@ -426,11 +557,23 @@ def _run_facts(prep: Prepared, state: Progress, train_time: float) -> dict:
     )
     if prep.recommended:
         facts["recommended_by"] = "auto"
+    if cfg.budget:
+        # The budget, and the phases that its max_time stopped (their best-on-val weights kept).
+        facts["budget"] = {"minutes": cfg.budget, "stopped_at_budget": state.budget_stops}
     if state.cache_hits:
         facts["feature_cache"] = {"hits": state.cache_hits,
                                   "extraction_s": round(state.extraction_s, 3)}
+    if state.early_stops:
+        facts["early_stopping"] = state.early_stops
     if state.head_fits:
         facts["head_fit"] = state.head_fits[-1] if len(state.head_fits) == 1 else state.head_fits
+        for fit in state.head_fits:  # the report's phase list says how the head was fitted
+            refit = fit.get("refit")
+            note = f"lbfgs, C={fit['C']:g}" + (
+                f", refit on train + val ({refit['images']} images)" if refit else "")
+            for p in facts["phases"]:
+                if p["name"] == fit["phase"]:
+                    p["head_fit"] = note
     if cfg.distributed != "auto" or cfg.num_nodes > 1:
         facts["distributed"] = {"strategy": cfg.distributed, "num_nodes": cfg.num_nodes,
                                 "world_size": state.world_size}
@@ -438,4 +581,4 @@ def _run_facts(prep: Prepared, state: Progress, train_time: float) -> dict:
 
 
 __all__ = ["IMBALANCE_THRESHOLD", "Prepared", "Progress", "RunResult", "class_weights_for",
-           "finish", "prepare", "run", "train_phase"]
+           "find_phase_lr", "finish", "phase_data", "prepare", "run", "train_phase"]

@@ -1,0 +1,121 @@
+"""The learning-rate finder (finetune/training/lr_finder.py, ``finetune lr-find``,
+``--lr find``) on real photos: its files, its range, that it trains nothing, that the
+phase's ratios between parameter groups hold during the sweep, and that a run trains at
+the rate it found."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from finetune.config import ConfigError, RunConfig, resolve_config
+from finetune.training.lr_finder import MAX_LR, MIN_LR, _SweepModule, find_lr
+from finetune.training.runner import Progress, _loaders, phase_data, prepare
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STEPS = 15  # Lightning's suggestion skips the first 10 steps: 15 leave it 4 to choose from
+
+
+def _cfg(data, out, **kw) -> RunConfig:
+    values = dict(data=str(data), output=str(out), backbone="efficientnet_lite0", image_size=64,
+                  batch_size=4, num_workers=0, lr_find_steps=STEPS)
+    return RunConfig(**{**values, **kw})
+
+
+def test_lr_find_writes_curve_and_json_with_a_suggestion_in_range(cli, brick_cat_dir, tmp_path):
+    out = tmp_path / "find"
+    result = cli("lr-find", "--data", brick_cat_dir, "--strategy", "linear", "--head-fit", "sgd",
+                 "--image-size", 64, "--batch-size", 4, "--num-workers", 0,
+                 "--lr-find-steps", STEPS, "--output", out, "-q")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "lr_find.json").read_text())
+    (entry,) = saved["phases"]
+    assert entry["phase"] == "linear" and entry["found"] is True
+    assert entry["range"] == [MIN_LR, MAX_LR]
+    assert MIN_LR <= entry["suggested_lr"] <= MAX_LR
+    assert entry["suggested_lr"] in entry["lrs"]  # one of the rates the sweep ran
+    assert entry["default_lr"] == 1e-2  # linear's default, for comparison
+    assert entry["reason"].startswith("steepest descent of the smoothed loss at ")
+    assert (out / "lr_find" / "linear.png").read_bytes()[:8] == PNG_MAGIC
+    # The printed command reruns the configuration at the found rate.
+    assert f"--recipe {out / 'config.yaml'}" in entry["command"]
+    assert entry["command"] in result.output
+    assert f"--lr {entry['suggested_lr']:.3g}" in entry["command"]
+    assert not (out / "checkpoints").exists()  # a single phase: nothing trained
+
+
+def test_the_sweep_trains_nothing_and_keeps_the_groups_ratios(brick_cat_dir, tmp_path,
+                                                              monkeypatch):
+    cfg = _cfg(brick_cat_dir, tmp_path / "run", strategy="partial", unfreeze=2)
+    prep = prepare(cfg, resume=False, overwrite=False)
+    prep.lock.release()
+    state = Progress(world_size=1)
+    (phase,) = prep.phases
+    phase_data(prep, phase, state, progress=False)
+    model = prep.model
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # BN statistics included
+    grads_before = {k: p.requires_grad for k, p in model.named_parameters()}
+    model.eval()
+
+    seen: list[list[float]] = []
+    step = _SweepModule.optimizer_step
+
+    def record(self, *args, **kwargs):
+        seen.append([g["lr"] for g in self.trainer.optimizers[0].param_groups])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(_SweepModule, "optimizer_step", record)
+    result = find_lr(model, phase, cfg, _loaders(prep, phase, state)[0],
+                     classes=prep.splits.classes, progress=False)
+
+    after = model.state_dict()
+    assert [k for k in before if not torch.equal(before[k], after[k])] == []
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == grads_before
+    assert not model.training
+    # Every step ran the phase's groups: head at the swept rate, the stages at their share.
+    ratios = [g["lr"] / phase.lr for g in phase.param_groups(model, cfg)]
+    assert len(seen) >= 2  # a step whose loss diverged makes no optimizer step
+    for lrs, head in zip(seen, result.lrs, strict=False):
+        assert lrs == pytest.approx([head * r for r in ratios], rel=1e-9)
+    assert ratios[-1] == pytest.approx(cfg.backbone_lr_scale * cfg.layer_decay)  # 2nd stage
+    assert result.lrs == sorted(result.lrs) and result.lrs[0] == pytest.approx(MIN_LR)
+
+
+def test_run_lr_find_trains_each_phase_at_its_found_rate(cli, brick_cat_dir, tmp_path):
+    out = tmp_path / "run"
+    result = cli("run", "--data", brick_cat_dir, "--strategy", "lp-ft", "--lr", "find",
+                 "--lr-find-steps", STEPS, "--lp-epochs", 1, "--epochs", 1, "--image-size", 64,
+                 "--batch-size", 4, "--num-workers", 0, "--output", out, "-q")
+    assert result.exit_code == 0, result.output
+    found = {p["phase"]: p for p in json.loads((out / "lr_find.json").read_text())["phases"]}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [p["name"] for p in metrics["phases"]] == ["linear", "full"] == list(found)
+    for phase in metrics["phases"]:  # one curve per phase, its rate recorded
+        assert (out / "lr_find" / f"{phase['name']}.png").read_bytes()[:8] == PNG_MAGIC
+        assert phase["lr"] == found[phase["name"]]["suggested_lr"]
+    # The optimizer of each phase started at that rate (the scheduler's base rate).
+    for ckpt, name in ((out / "checkpoints" / "linear" / "last.ckpt", "linear"),
+                       (out / "checkpoints" / "last.ckpt", "full")):
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        head = state["optimizer_states"][0]["param_groups"][0]
+        assert head["initial_lr"] == pytest.approx(found[name]["suggested_lr"])
+    # config.yaml keeps `find`, so --recipe config.yaml finds again.
+    assert resolve_config(out / "config.yaml").lr_find is True
+
+
+def test_lr_find_and_a_rate_together_are_refused(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("lr: find\n")
+    assert resolve_config(recipe).lr_find is True and resolve_config(recipe).lr is None
+    with pytest.raises(ConfigError, match="give a rate or 'find', not both"):
+        RunConfig(lr=1e-3, lr_find=True)
+
+
+def test_cli_refuses_a_rate_that_is_neither_a_number_nor_find(cli):
+    result = cli("run", "--lr", "fnd")
+    assert result.exit_code == 2
+    assert "'fnd' is neither a learning rate (e.g. 1e-3) nor 'find'" in result.output
