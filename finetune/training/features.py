@@ -6,6 +6,7 @@ mode, and without augmentation its pooled output for an image is always the same
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -14,6 +15,13 @@ from tqdm.auto import tqdm
 
 from ..data.transforms import prepare_batch
 from ..models import Backbone
+from .output import interactive
+
+
+def _bar(loader: DataLoader, desc: str, progress: bool):
+    """tqdm over ``loader`` where someone watches stderr (its stream); no bar in a file or CI."""
+    return tqdm(loader, desc=desc, unit="batch", leave=False,
+                disable=not (progress and interactive(sys.stderr)))
 
 
 def iter_features(
@@ -33,7 +41,7 @@ def iter_features(
     model.eval()
     model.to(device)
     try:
-        for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        for x, y in _bar(loader, desc, progress):
             with torch.inference_mode():
                 x = prepare_batch(x.to(device, non_blocking=True), model.pretrained_cfg)
                 if device.type == "cuda":
@@ -79,7 +87,7 @@ def predict_probs(
     module.eval()
     module.to(device)
     probs, labels = [], []
-    for x, y in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for x, y in _bar(loader, desc, progress):
         x = x.to(device, non_blocking=True)
         if isinstance(module, Backbone) and x.ndim == 4:
             x = prepare_batch(x, module.pretrained_cfg)  # a FinetuneModule does this itself

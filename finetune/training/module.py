@@ -47,6 +47,7 @@ class FinetuneModule(pl.LightningModule):
         self.images_seen = 0  # training examples processed, for images_per_s
         self._train_sums = {"loss": 0.0, "correct": 0, "n": 0}
         self._val_sums = {"loss": 0.0, "correct": 0, "n": 0}
+        self._validated = False
 
     # ------------------------------------------------------------------ modes
     def train(self, mode: bool = True) -> FinetuneModule:
@@ -79,6 +80,7 @@ class FinetuneModule(pl.LightningModule):
         seed_globals(self.cfg.seed, zlib.crc32(self.phase.name.encode()), self.current_epoch,
                      self.global_rank)
         self._train_sums = {"loss": 0.0, "correct": 0, "n": 0}
+        self._validated = False  # whether this epoch's validation ran (and logged the train sums)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -109,16 +111,31 @@ class FinetuneModule(pl.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_sums = {"loss": 0.0, "correct": 0, "n": 0}
 
-    def on_validation_epoch_end(self) -> None:
-        # Under DDP each rank saw a shard of each split: add up the sums of every rank
-        # (every rank calls this hook, so the collective cannot deadlock), then divide.
-        v, t = self._val_sums, self._train_sums
-        local = torch.tensor([v["loss"], v["correct"], v["n"], t["loss"], t["correct"], t["n"]],
+    def _global_sums(self, *sums: dict) -> list[dict]:
+        """Under DDP each rank saw a shard of each split: the sums of every rank added up
+        (every rank calls the hooks that ask, so the collective cannot deadlock)."""
+        local = torch.tensor([x for d in sums for x in (d["loss"], d["correct"], d["n"])],
                              dtype=torch.float32 if self.device.type == "mps" else torch.float64,
                              device=self.device)  # MPS has no float64
         total = self.trainer.strategy.reduce(local, reduce_op="sum").tolist()
-        s = {"loss": total[0], "correct": total[1], "n": int(total[2])}
-        t = {"loss": total[3], "correct": total[4], "n": int(total[5])}
+        return [{"loss": total[i], "correct": total[i + 1], "n": int(total[i + 2])}
+                for i in range(0, len(total), 3)]
+
+    def _log_train_epoch(self, t: dict) -> dict:
+        """The epoch's mean train loss and accuracy, logged per epoch (the step losses are
+        ``train_loss``); already global, sync_dist only keeps the ranks in step."""
+        values = {"train_loss_epoch": t["loss"] / t["n"], "train_accuracy": t["correct"] / t["n"]}
+        self.log_dict(values, sync_dist=True)
+        return {"train_loss": values["train_loss_epoch"], "train_accuracy": values["train_accuracy"]}
+
+    def on_train_epoch_end(self) -> None:
+        if not self._validated:  # no validation split: the train sums are logged here instead
+            (t,) = self._global_sums(self._train_sums)
+            if t["n"]:
+                self._log_train_epoch(t)
+
+    def on_validation_epoch_end(self) -> None:
+        s, t = self._global_sums(self._val_sums, self._train_sums)
         if s["n"] == 0:
             return
         val_loss, val_acc = s["loss"] / s["n"], s["correct"] / s["n"]
@@ -140,7 +157,8 @@ class FinetuneModule(pl.LightningModule):
                "val_loss": val_loss, "val_accuracy": val_acc,
                "lr": self.trainer.optimizers[0].param_groups[0]["lr"]}
         if t["n"]:
-            row.update(train_loss=t["loss"] / t["n"], train_accuracy=t["correct"] / t["n"])
+            row.update(self._log_train_epoch(t))
+            self._validated = True
         self.history.append(row)
 
     # ------------------------------------------------------------------ optimizer
