@@ -9,6 +9,8 @@ writes, from ``metrics.json``'s content (docs/design.md) and the per-epoch histo
     learning_curves.png               loss / accuracy (/ lr) per epoch, phase changes marked
     per_class.csv                     label, precision, recall, f1, support
     summary.md                        the run on one page, linking the figures
+    top_losses.png                    the most confidently wrong test images with Grad-CAM
+                                      (``test_predictions`` given and a test image wrong)
     skipped_files.txt                 images that could not be decoded, one per line
 
 The per-class table and confusion matrices come from ``metrics["test"]``, or from
@@ -38,6 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_write_bytes
+from .gallery import TestPredictions, TopLoss, top_losses_gallery
 from .metrics import most_confused_pairs
 
 __all__ = [
@@ -54,6 +57,7 @@ CURVES_PNG = "learning_curves.png"
 PER_CLASS_CSV = "per_class.csv"
 SUMMARY_MD = "summary.md"
 SKIPPED_TXT = "skipped_files.txt"
+TOP_LOSSES_PNG = "top_losses.png"
 
 _DPI = 100
 _MAX_LABEL_CHARS = 24
@@ -380,6 +384,13 @@ def _phases_section(phases) -> list[str]:
     return lines + [""]
 
 
+def _early_stopping_lines(stops) -> list[str]:
+    """One line per phase that ``--patience`` ended (metrics.json's ``early_stopping``)."""
+    return [f"Early stopping: phase **{s['phase']}** stopped at epoch {s['stopped_epoch']} of "
+            f"{s['max_epochs']}: {s['reason']}; the phase keeps epoch {s['best_epoch']}'s weights."
+            for s in stops or ()] + ([""] if stops else [])
+
+
 def _run_table(metrics: Mapping, classes: Sequence[str], skipped: Sequence[str]) -> list[str]:
     """The title and the one-glance table: what ran, on how much data, at what cost."""
     backbone, strategy = metrics.get("backbone", "unknown"), metrics.get("strategy", "unknown")
@@ -446,6 +457,29 @@ def _confused_section(evaluated: tuple[str, Mapping] | None, classes: Sequence[s
     return lines + [""]
 
 
+def _top_losses_section(entries: Sequence[TopLoss] | None, classes: Sequence[str]) -> list[str]:
+    """The gallery of the most confidently wrong test images, and one row per image."""
+    lines = ["## Top losses (test)", ""]
+    if entries is None:
+        return lines + ["Not drawn: the report was given no test predictions (a run without "
+                        "a test split).", ""]
+    if not entries:
+        return lines + ["No test image was misclassified.", ""]
+    lines += [
+        f"The {len(entries)} test images the model got most confidently wrong, highest loss "
+        "(-log p(true class)) first, each with the Grad-CAM map of the class it predicted:",
+        "",
+        f"![Top losses]({TOP_LOSSES_PNG})",
+        "",
+        "| # | image | true | predicted | p(predicted) | loss |",
+        "|---:|---|---|---|---:|---:|",
+    ]
+    for rank, e in enumerate(entries, start=1):
+        lines.append(f"| {rank} | `{_cell(e.path)}` | {_cell(classes[e.true])} | "
+                     f"{_cell(classes[e.predicted])} | {e.probability:.4f} | {e.loss:.4f} |")
+    return lines + [""]
+
+
 def _figures_section(figures: Mapping[str, tuple[str, str | None]]) -> list[str]:
     """Each figure embedded, or the reason it was not drawn."""
     lines = ["## Figures", ""]
@@ -486,6 +520,7 @@ def _summary(
     figures: Mapping[str, tuple[str, str | None]],
     skipped: Sequence[str],
     config: Mapping | None,
+    top_losses: Sequence[TopLoss] | None = None,
 ) -> str:
     """``summary.md``: the run, its metrics, where it errs, its figures, what it left out."""
     lines = [
@@ -495,8 +530,10 @@ def _summary(
         *_metrics_table(metrics),
         "",
         *_phases_section(metrics.get("phases")),
+        *_early_stopping_lines(metrics.get("early_stopping")),
         *_per_class_section(evaluated, classes),
         *_confused_section(evaluated, classes),
+        *_top_losses_section(top_losses, classes),
         *_figures_section(figures),
         *_skipped_section(skipped),
         *_config_section(config),
@@ -604,12 +641,14 @@ def write_report(
     classes: list[str],
     *,
     config: dict | None = None,
+    test_predictions: TestPredictions | None = None,
 ) -> list[Path]:
     """Write ``run_dir/report/`` (see the module docstring) and return the written paths.
 
     Figures that cannot be drawn (no confusion matrix recorded, an empty history) are
     not written, a stale copy from an earlier report is removed, and ``summary.md``
-    says why instead.
+    says why instead. ``test_predictions`` (the model and its test probabilities) adds
+    the top-losses gallery; without it the summary says there is no test split.
     """
     classes = [str(c) for c in classes]
     history = list(history or [])
@@ -618,8 +657,13 @@ def write_report(
     skipped = [str(p) for p in metrics.get("skipped_files") or []]
 
     files, notes = _figure_files(evaluated, classes, history)
+    losses, gallery = (top_losses_gallery(test_predictions, classes)
+                       if test_predictions is not None else (None, None))
+    if gallery is not None:
+        files[TOP_LOSSES_PNG] = gallery
     files[PER_CLASS_CSV] = _per_class_csv(evaluated[1]["per_class"] if evaluated else None, classes)
-    summary = _summary(metrics, classes, evaluated, _figure_index(notes), skipped, config)
+    summary = _summary(metrics, classes, evaluated, _figure_index(notes), skipped, config, losses)
     files[SUMMARY_MD] = summary.encode("utf-8")
     files[SKIPPED_TXT] = "".join(f"{p}\n" for p in skipped).encode("utf-8")
-    return _replace_files(Path(run_dir) / REPORT_DIRNAME, files, stale=notes)
+    stale = [*notes, *([] if gallery is not None else [TOP_LOSSES_PNG])]
+    return _replace_files(Path(run_dir) / REPORT_DIRNAME, files, stale=stale)

@@ -167,6 +167,9 @@ def _train_and_finish(prep: Prepared, *, resume: bool, progress: bool) -> RunRes
     # probe is not redone: the later checkpoint holds the whole model).
     ckpt_dirs = [prep.checkpoint_dir(i) for i in range(len(prep.phases))]
     first_phase = resume_start(ckpt_dirs) if resume else 0
+    if resume and prep.cfg.lr_find:  # phases keep the rates they found before the interruption
+        found = saved_lrs(prep.run_dir)
+        prep.phases[:] = [dataclasses.replace(p, lr=found.get(p.name, p.lr)) for p in prep.phases]
     try:
         for i, phase in enumerate(prep.phases):
             if i < first_phase:

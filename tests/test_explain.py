@@ -1,0 +1,184 @@
+"""``finetune explain`` and the report's top losses, on real images and real tiny runs.
+
+The maps come from Captum; what is checked here is what the toolkit adds: the image as
+the model saw it, the stage the maps are read from in each family, the files and their
+labels, that covering the most salient region hurts the prediction more than covering a
+random one, and that the gallery shows the run's own worst mistakes in order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from finetune.config import RunConfig
+from finetune.data import load_splits
+from finetune.deploy.predict import load
+from finetune.evaluation.explain import Explainer, feature_stage, gradcam_maps, occlusion_geometry
+from finetune.evaluation.gallery import TestPredictions as Predictions
+from finetune.evaluation.gallery import top_losses, top_losses_gallery
+from finetune.models import create_backbone
+from finetune.run_folder import load_run_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _test_images(run_dir, n):
+    return [path for path, _ in load_splits(run_dir / "splits.json").test[:n]]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_cli_writes_a_figure_and_json_per_image(cli, linear_run, tmp_path):
+    run_dir = linear_run.run_dir
+    images = _test_images(run_dir, 2)
+    result = cli("explain", run_dir, *images, "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((tmp_path / "out" / "explain.json").read_text())
+    assert report["gradcam_stage"] == "blocks.6"  # Lite0's last stage (with its 1x1 head conv)
+    assert report["occlusion"]["window"] == 24 and report["occlusion"]["stride"] == 12  # 96 px
+    reference = load(run_dir).predict(images, top_k=3)  # what `finetune predict` says
+    assert [item["path"] for item in report["images"]] == [str(p) for p in images]
+    for item, expected in zip(report["images"], reference, strict=True):
+        assert [p["label"] for p in item["top3"]] == [p.label for p in expected]
+        assert [p["probability"] for p in item["top3"]] == pytest.approx(
+            [p.probability for p in expected], abs=1e-5)
+        assert item["target"] == expected[0].label
+        with Image.open(tmp_path / "out" / item["files"]["figure"]) as figure:
+            assert figure.format == "PNG" and figure.width > 600  # three panels side by side
+        for method in ("gradcam", "occlusion"):
+            assert set(item["faithfulness"][method]) == {"salient_drop", "random_drop"}
+
+
+def test_cli_target_and_methods(cli, linear_run, tmp_path):
+    run_dir = linear_run.run_dir
+    classes = load_splits(run_dir / "splits.json").classes
+    image = _test_images(run_dir, 1)[0]
+    other = next(c for c in classes if c != load(run_dir).predict(image, top_k=1)[0].label)
+    result = cli("explain", run_dir, image, "--output", tmp_path, "--target", other,
+                 "--methods", "gradcam")
+    assert result.exit_code == 0, result.output
+    item = json.loads((tmp_path / "explain.json").read_text())["images"][0]
+    assert item["target"] == other and list(item["faithfulness"]) == ["gradcam"]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (("--target", "zebra"), ("zebra", "brick")),
+    (("--methods", "gradcam,saliency"), ("saliency", "occlusion")),
+])
+def test_cli_bad_options_are_one_clear_line(cli, one_clear_line, linear_run, tmp_path, args, needles):
+    out = tmp_path / "out"
+    result = cli("explain", linear_run.run_dir, _test_images(linear_run.run_dir, 1)[0],
+                 "--output", out, *args)
+    one_clear_line(result, *needles)
+    assert not out.exists()  # nothing half-written
+
+
+# --------------------------------------------------------------------------- the maps
+
+
+@pytest.mark.parametrize("name, stage", [
+    ("efficientnet_lite0", "blocks.6"), ("resnet18", "layer4"), ("vgg11", "block5"),
+    ("mobilenet_v2", None),
+])
+def test_gradcam_reads_the_last_spatial_stage(name, stage, linear_run):
+    """A map the size of the input that varies over it, from each family's last spatial
+    stage (VGG's fully connected ``pre_logits`` stage comes after it). At 96 px the last
+    map is 3 x 3; the weights are seeded (Lite0's are its packaged ImageNet ones)."""
+    torch.manual_seed(0)
+    model = create_backbone(name, pretrained=name == "efficientnet_lite0", num_classes=4).eval()
+    explainer = Explainer(model, 96)
+    x = torch.stack([explainer.load(p) for p in _test_images(linear_run.run_dir, 2)])
+    maps = gradcam_maps(explainer.tapped, x, torch.tensor([0, 1]))
+    assert maps.shape == (2, 96, 96)
+    assert all(float(m.max() - m.min()) > 0 for m in maps)
+    expected = stage or model.stages()[-1].name
+    assert feature_stage(model, x) == expected
+
+
+def test_occlusion_window_scales_with_the_image():
+    assert [occlusion_geometry(s) for s in (64, 96, 224)] == [(16, 8), (24, 12), (56, 28)]
+
+
+def test_maps_are_faithful_on_real_test_images(linear_run):
+    """Over real test images, covering the most salient window lowers the predicted
+    class's probability more than covering random windows of the same size, for both maps."""
+    model, cfg, splits = load_run_model(linear_run.run_dir)
+    explainer = Explainer(model, cfg.image_size)
+    drops = {"gradcam": [], "occlusion": []}
+    for seed, path in enumerate(_test_images(linear_run.run_dir, 6)):
+        for method, figures in explainer.explain(explainer.load(path), seed=seed).faithfulness.items():
+            drops[method].append((figures["salient_drop"], figures["random_drop"]))
+    for method, pairs in drops.items():
+        salient, random = np.mean(pairs, axis=0)
+        assert salient > random, (method, pairs)
+
+
+# --------------------------------------------------------------------------- top losses
+
+
+def test_top_losses_orders_mistakes_by_loss():
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.05, 0.95], [0.45, 0.55]])
+    labels = np.array([0, 0, 1, 0, 1])
+    # Wrong: rows 1 (p_true 0.3), 2 (0.4), 3 (0.05); row 4 is right.
+    assert top_losses(probs, labels) == [3, 1, 2]
+    assert top_losses(probs, labels, k=2) == [3, 1]
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits_dir, tmp_path_factory):
+    """A linear head on cached Lite0 features, two epochs on the digits: a run that errs."""
+    from finetune.training import run
+
+    cfg = RunConfig(data=str(digits_dir), output=str(tmp_path_factory.mktemp("runs") / "digits"),
+                    backbone="efficientnet_lite0", strategy="linear", image_size=64,
+                    batch_size=32, num_workers=0, epochs=2)
+    return run(cfg, progress=False)
+
+
+def test_report_shows_the_runs_most_confident_mistakes(digits_run):
+    run_dir = digits_run.run_dir
+    splits = load_splits(run_dir / "splits.json")
+    probs = load(run_dir).predict_proba([p for p, _ in splits.test])  # the run's own predictions
+    labels = np.array([y for _, y in splits.test])
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    assert len(wrong) > 0, "the digits run should err somewhere"
+    losses = -np.log(probs[wrong, labels[wrong]])
+    expected = [splits.test[i][0] for i in wrong[np.argsort(-losses)][:8]]
+
+    summary = (run_dir / "report" / "summary.md").read_text()
+    section = summary.split("## Top losses (test)")[1].split("\n## ")[0]
+    rows = re.findall(r"^\| \d+ \| `([^`]+)` \|", section, flags=re.M)
+    assert rows == [str(p) for p in expected]
+    assert f"The {len(expected)} test images" in section
+    with Image.open(run_dir / "report" / "top_losses.png") as gallery:
+        assert gallery.format == "PNG"
+
+
+def test_gallery_leaves_the_model_as_it_was_and_skips_a_perfect_run(linear_run):
+    model, cfg, splits = load_run_model(linear_run.run_dir)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    probs = load(linear_run.run_dir).predict_proba([p for p, _ in splits.test])
+    labels = np.array([y for _, y in splits.test])
+    preds = Predictions(model, splits.test, probs, cfg.image_size)
+    entries, png = top_losses_gallery(preds, splits.classes)
+    assert len(entries) == int((probs.argmax(1) != labels).sum()) and (png is None) == (not entries)
+
+    # Every test image right: nothing to draw.
+    right = np.eye(len(splits.classes))[labels]
+    assert top_losses_gallery(Predictions(model, splits.test, right, 96), splits.classes) == ([], None)
+    # A wrong one: drawn, and the model keeps its mode and every weight and statistic.
+    flipped = np.roll(right, 1, axis=1)
+    entries, png = top_losses_gallery(Predictions(model, splits.test[:3], flipped[:3], 96),
+                                      splits.classes)
+    assert len(entries) == 3 and png.startswith(b"\x89PNG")
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
