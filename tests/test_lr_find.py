@@ -6,12 +6,13 @@ the rate it found."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
 from finetune.config import ConfigError, RunConfig, resolve_config
-from finetune.training.lr_finder import MAX_LR, MIN_LR, _SweepModule, find_lr
+from finetune.training.lr_finder import MAX_LR, MIN_LR, _steepest, _SweepModule, find_lr
 from finetune.training.runner import Progress, _loaders, phase_data, prepare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,7 +40,8 @@ def test_lr_find_writes_curve_and_json_with_a_suggestion_in_range(cli, brick_cat
     assert MIN_LR <= entry["suggested_lr"] <= MAX_LR
     assert entry["suggested_lr"] in entry["lrs"]  # one of the rates the sweep ran
     assert entry["default_lr"] == 1e-2  # linear's default, for comparison
-    assert entry["reason"].startswith("steepest descent of the smoothed loss at ")
+    assert entry["reason"].startswith("steepest descent of the smoothed loss against log10(lr) at ")
+    assert MIN_LR <= entry["lightning_suggestion"] <= MAX_LR  # Lightning's own, for comparison
     assert (out / "lr_find" / "linear.png").read_bytes()[:8] == PNG_MAGIC
     # The printed command reruns the configuration at the found rate.
     assert f"--recipe {out / 'config.yaml'}" in entry["command"]
@@ -119,3 +121,31 @@ def test_cli_refuses_a_rate_that_is_neither_a_number_nor_find(cli):
     result = cli("run", "--lr", "fnd")
     assert result.exit_code == 2
     assert "'fnd' is neither a learning rate (e.g. 1e-3) nor 'find'" in result.output
+
+
+def test_the_suggestion_is_the_steepest_fall_per_decade():
+    # A loss that falls as a logistic curve of log10(lr), fastest at 1e-2, on the sweep's
+    # exponential grid, with a little noise among the smallest rates.
+    lrs = [MIN_LR * (MAX_LR / MIN_LR) ** (i / 99) for i in range(100)]
+    losses = [2.0 - 1.5 / (1.0 + math.exp(-3.0 * (math.log10(lr) + 2.0))) for lr in lrs]
+    losses = [v + (1e-4 if i % 2 and i < 30 else 0.0) for i, v in enumerate(losses)]
+    i = _steepest(lrs, losses)
+    assert math.log10(lrs[i]) == pytest.approx(-2.0, abs=0.1)
+    assert _steepest(lrs[:11], losses[:11]) is None  # the first 10 are skipped: too few left
+
+
+def test_lr_find_trains_the_probe_at_its_default_before_sweeping_the_next_phase(
+        cli, brick_cat_dir, tmp_path):
+    out = tmp_path / "find"
+    result = cli("lr-find", "--data", brick_cat_dir, "--strategy", "surgical", "--unfreeze", 1,
+                 "--lp-epochs", 1, "--image-size", 64, "--batch-size", 4, "--num-workers", 0,
+                 "--lr-find-steps", STEPS, "--output", out, "-q")
+    assert result.exit_code == 0, result.output
+    probe, surgical = json.loads((out / "lr_find.json").read_text())["phases"]
+    assert (probe["phase"], surgical["phase"]) == ("linear", "surgical")
+    for entry in (probe, surgical):
+        assert (out / "lr_find" / f"{entry['phase']}.png").read_bytes()[:8] == PNG_MAGIC
+    assert "command" not in probe  # --lr sets the phase after the probe, not the probe
+    assert surgical["note"] == "swept after training phase 'linear' at its default lr 0.01"
+    assert (out / "checkpoints" / "linear" / "best.ckpt").is_file()  # the probe trained
+    assert surgical["command"] in result.output

@@ -24,6 +24,7 @@ from ..strategies import Phase, check_strategy
 from ..strategies.linear import head_fit_for
 from .lr_finder import LrFindResult, write_result
 from .runner import Prepared, Progress, find_phase_lr, phase_data, prepare, train_phase
+from .tracking import RunTracking
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def find_lrs(cfg: RunConfig, *, overwrite: bool = False, progress: bool = True
     cfg = cfg.replace(lr_find=False, output=str(cfg.output or default_output(cfg)))
     prep = prepare(cfg, resume=False, overwrite=overwrite)
     try:
-        state = Progress(world_size=1)
+        # The probe trained here is a means to the sweep, not a run: no trackers.
+        state = Progress(world_size=1, tracking=RunTracking([], prep.run_dir))
         findings = []
         for i, phase in enumerate(prep.phases):
             phase_data(prep, phase, state, progress=progress)
