@@ -137,3 +137,27 @@ def test_wandb_offline_run_is_written_in_the_run_folder(brick_cat_dir, tmp_path,
     assert len(offline) == 1
     run_id = json.loads((result.run_dir / "tracking.json").read_text())["wandb_run_id"]
     assert offline[0].name.endswith(run_id)
+
+
+def test_resume_keeps_the_csv_rows_and_the_mlflow_run(tracked, brick_cat_dir, tmp_path,
+                                                     monkeypatch):
+    """A run extended with --resume (a larger --epochs) continues its metrics.csv and its
+    MLflow run instead of starting them again."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "resumed")  # the store of `tracked`, set up
+    cfg = RunConfig(data=str(brick_cat_dir), output=str(tmp_path / "run"), strategy="linear",
+                    head_fit="sgd", epochs=2, image_size=64, batch_size=4, num_workers=0,
+                    loggers=("csv", "mlflow"), tracking_uri=tracked[0].tracking_uri)
+    first = run(cfg, progress=False)
+    run_id = json.loads((first.run_dir / "tracking.json").read_text())["mlflow_run_id"]
+    second = run(cfg.replace(epochs=4), resume=True, progress=False)
+    rows = [r for r in _csv_rows(second.run_dir) if "val_loss" in r]
+    history = saved_history(second.run_dir / "checkpoints")
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
+    assert [float(r["val_loss"]) for r in rows] == pytest.approx(
+        [h["val_loss"] for h in history], rel=1e-6)
+    assert json.loads((second.run_dir / "tracking.json").read_text())["mlflow_run_id"] == run_id
+    client = MlflowClient(cfg.tracking_uri)
+    assert len(client.get_metric_history(run_id, "val_loss")) == 4
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1

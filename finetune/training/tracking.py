@@ -18,14 +18,16 @@ a phase the axes are Lightning's own; across phases they read as one long run.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
+import warnings
 from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import Logger
+from pytorch_lightning.loggers import Logger, MLFlowLogger, WandbLogger
 
 from ..config import RunConfig
 from ..io import atomic_write_json
@@ -126,10 +128,13 @@ class RunTracking:
         """The loggers ``cfg.loggers`` names, with the resolved configuration logged as
         hyperparameters. A resume continues the MLflow and W&B runs it started."""
         ids = _saved_ids(run_dir) if resume else {}
-        tools = [_make_logger(name, cfg, run_dir, ids) for name in cfg.loggers if name != "none"]
+        tools = [_csv_logger(run_dir, resume=resume) if name == "csv" else
+                 _make_logger(name, cfg, run_dir, ids) for name in cfg.loggers if name != "none"]
         tracking = cls([ContinuedLogger(t) for t in tools], run_dir)
         params = {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.to_dict().items()}
         for logger in tracking.loggers:
+            if isinstance(logger.tool, MLFlowLogger) and ids.get("mlflow_run_id"):
+                continue  # MLflow's params are immutable: the run keeps those it started with
             logger.log_hyperparams(params)
         if write:
             tracking._save_ids()
@@ -166,25 +171,23 @@ class RunTracking:
             for key, value in (metrics.get(split) or {}).items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     values[prefix + key] = float(value)
-        for logger in self.loggers:
-            if values:
-                logger.log_metrics(values, step=0)
+        for logger in self.loggers if values else ():
+            logger.log_metrics(values, step=0)
 
     def close(self, status: str) -> None:
         """End the run in every tool: "success" or "failed"."""
         for logger in self.loggers:
             logger.tool.finalize(status)
-            if type(logger.tool).__name__ == "WandbLogger" and logger.tool._experiment is not None:
+            if isinstance(logger.tool, WandbLogger) and logger.tool._experiment is not None:
                 # W&B keeps one run per process: a later run would otherwise join this one.
                 logger.tool.experiment.finish(exit_code=0 if status == "success" else 1)
 
     def _save_ids(self) -> None:
         ids = {}
         for logger in self.loggers:
-            kind = type(logger.tool).__name__
-            if kind == "MLFlowLogger":
+            if isinstance(logger.tool, MLFlowLogger):
                 ids["mlflow_run_id"] = logger.tool.run_id
-            elif kind == "WandbLogger":
+            elif isinstance(logger.tool, WandbLogger):
                 ids["wandb_run_id"] = logger.tool.version
         if ids:
             atomic_write_json(self.run_dir / TRACKING_IDS, ids)
@@ -205,28 +208,43 @@ def _saved_ids(run_dir: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _csv_logger(run_dir: Path, *, resume: bool) -> Logger:
+    """``RUN/logs/metrics.csv``. Lightning's CSV writer starts its file afresh, so a resume
+    writes the rows from before the interruption back first (the epoch it replays may
+    then appear twice, as it does in the other tools)."""
+    from pytorch_lightning.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(run_dir), name=CSV_DIR, version="")
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not resume or not path.is_file():
+        return logger
+    with open(path, newline="") as f:
+        rows = [{k: int(v) if v.lstrip("-").isdigit() else float(v) for k, v in row.items() if v}
+                for row in csv.DictReader(f)]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        writer = logger.experiment  # removes the old file
+    for row in rows:
+        step = row.pop("step", 0)
+        writer.log_metrics(row, step)
+    writer.save()
+    return logger
+
+
 def _make_logger(name: str, cfg: RunConfig, run_dir: Path, ids: dict[str, str]) -> Logger:
     """Lightning's logger for ``name``; its files go inside the run folder, except MLflow's
     store (shared by runs, so that they can be compared)."""
     run_name = Path(run_dir).name
-    if name == "csv":
-        from pytorch_lightning.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name=CSV_DIR, version="")
     if name == "tensorboard":
         from pytorch_lightning.loggers import TensorBoardLogger
 
         return TensorBoardLogger(save_dir=str(run_dir), name=TENSORBOARD_DIR, version="",
                                  default_hp_metric=False)
     if name == "mlflow":
-        from pytorch_lightning.loggers import MLFlowLogger
-
         return MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", "finetune"),
                             run_name=run_name,
                             tracking_uri=_mlflow_uri(cfg), run_id=ids.get("mlflow_run_id"))
     if name == "wandb":
-        from pytorch_lightning.loggers import WandbLogger
-
         wandb_id = ids.get("wandb_run_id")
         return WandbLogger(project=os.environ.get("WANDB_PROJECT", "finetune"), name=run_name,
                            save_dir=str(run_dir), offline=not _wandb_configured(),
