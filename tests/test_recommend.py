@@ -26,6 +26,15 @@ from finetune.recommend import (
     decide,
     recommend,
 )
+from finetune.recommend.forecast import Forecast
+from finetune.recommend.options import (
+    Option,
+    SizeProbe,
+    candidate_sizes,
+    choose,
+    choose_size,
+    epochs_to_fit,
+)
 from finetune.recommend.plan import plan_hyperparameters
 from finetune.recommend.signals import (
     _Moments,
@@ -37,6 +46,7 @@ from finetune.recommend.signals import (
     stage_of_modules,
     symmetric_kl,
 )
+from finetune.recommend.timing import STARTUP_S, Speed, estimate_seconds
 from finetune.strategies import plan
 from finetune.training import run
 
@@ -159,9 +169,18 @@ def test_json_has_designs_shape(photos_rec):
         assert set(item) == {"signal", "value", "meaning"} and item["meaning"]
     assert obj["thresholds"] == Thresholds().to_json()
     stats = obj["stats"]
-    assert stats["images"] == 128 and stats["classes"] == 8 and stats["per_class_median"] == 16
+    # 16 photos per class, 2 of them test: the amount counts the 14 that train.
+    assert stats["images"] == 8 * 14 and stats["classes"] == 8 and stats["per_class_median"] == 14
     assert stats["median_width"] == stats["median_height"] == 96
     assert stats["test_images"] == 8 * 2 and stats["imbalance"] == 1.0
+    table = obj["forecast"]
+    assert {r["strategy"] for r in table} == {"linear", "partial", "lp-ft", "full", "surgical"}
+    assert [r["chosen"] for r in table].count(True) == 1
+    chosen = next(r for r in table if r["chosen"])
+    assert chosen["command"] == obj["command"] and chosen["minutes"] == obj["estimated_minutes"]
+    for row in table:
+        low, high = row["interval"]
+        assert 0 < low <= row["accuracy"] <= high <= 1 and row["minutes"] > 0
     assert Recommendation.from_json(obj).to_json() == obj
 
 
@@ -347,23 +366,62 @@ def test_little_similar_gets_lp_ft_only_above_the_calibrated_error():
     assert decide(sig, tiny, Thresholds(very_little_per_class=10)).strategy == "linear"
 
 
-def test_budget_trades_epochs_then_strategy(digits_rec, lite0):
-    sig = digits_rec.similarity
-    amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,
-              "per_class_median": 700}
-    d = decide(sig, amount)
-    assert d.amount == "large"
-    free = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
-                                budget_minutes=None)
-    tight = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
-                                 budget_minutes=free.estimated_minutes / 2)
-    assert tight.estimated_minutes <= free.estimated_minutes / 2
-    assert tight.hyperparameters["epochs"]["value"] < free.hyperparameters["epochs"]["value"] or (
-        tight.strategy != free.strategy)
-    assert any("budget" in r for r in tight.reasons)
-    tiny = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
-                                budget_minutes=1e-6)
-    assert tiny.strategy == "linear" and tiny.warnings
+SPEED = Speed(image_size=SIZE, forward_ms=5.0, train_ms=15.0, load_ms=1.0)
+
+
+def _option(strategy, accuracy, seconds, *, mae=0.03, size=SIZE):
+    f = Forecast(accuracy, accuracy - 0.04, accuracy + 0.04, mae, strategy)
+    return Option(strategy, None, size, 10, f, seconds, f"finetune run --strategy {strategy}")
+
+
+def test_choice_without_a_budget_keeps_the_grid_unless_far_cheaper_is_as_good():
+    lpft = _option("lp-ft", 0.93, 400.0)
+    close_cheap = _option("linear", 0.91, 30.0)  # 13x cheaper, 2 points below, inside 3
+    assert choose([lpft, close_cheap], lpft, budget_s=None, spent_s=0)[0] is close_cheap
+    far = _option("linear", 0.89, 30.0)  # 4 points below: outside the error
+    assert choose([lpft, far], lpft, budget_s=None, spent_s=0)[0] is lpft
+    only_5x = _option("linear", 0.93, 80.0)  # as good, but not 10x cheaper
+    pick, why = choose([lpft, only_5x], lpft, budget_s=None, spent_s=0)
+    assert pick is lpft and why == []
+
+
+def test_budget_takes_the_best_forecast_that_fits():
+    options = [_option("linear", 0.90, 20.0), _option("partial", 0.92, 50.0), _option("lp-ft", 0.95, 90.0)]
+    pick, why = choose(options, options[2], budget_s=60.0, spent_s=5.0)
+    assert pick.strategy == "partial" and "budget 1 min" in why[0]
+    pick, _ = choose(options, options[2], budget_s=120.0, spent_s=5.0)
+    assert pick.strategy == "lp-ft"
+    pick, why = choose(options, options[2], budget_s=10.0, spent_s=5.0)
+    assert pick.strategy == "linear" and "no option fits" in why[0]
+
+
+def test_budget_cuts_epochs_to_half_at_most():
+    seconds = lambda epochs: 10.0 + 4.0 * epochs  # noqa: E731
+    assert epochs_to_fit(seconds, 20, left_s=10.0 + 4.0 * 20) == 20
+    assert epochs_to_fit(seconds, 20, left_s=10.0 + 4.0 * 12.5) == 12
+    assert epochs_to_fit(seconds, 20, left_s=10.0 + 4.0 * 9) is None
+
+
+def test_wall_time_counts_extraction_epochs_and_test(digits_rec):
+    amount = {"train_images": 100, "val_images": 20, "test_images": 30}
+    stages = len(digits_rec.similarity["stages"])
+    linear = estimate_seconds("linear", None, 50, amount=amount, num_stages=stages, speed=SPEED)
+    assert linear == pytest.approx(STARTUP_S + 150 * 6.0 / 1000)
+    full = estimate_seconds("full", None, 3, amount=amount, num_stages=stages, speed=SPEED)
+    assert full == pytest.approx(STARTUP_S + (3 * (100 * 16.0 + 20 * 6.0) + 30 * 6.0) / 1000)
+    partial = estimate_seconds("partial", 1, 3, amount=amount, num_stages=stages, speed=SPEED)
+    assert linear < partial < full
+
+
+def test_image_size_candidates_and_choice():
+    assert candidate_sizes(224, {"median_width": 28, "median_height": 28}) == [64, 128, 224]
+    assert candidate_sizes(224, {"median_width": 150, "median_height": 100}) == [128, 224]
+    assert candidate_sizes(224, {"median_width": 640, "median_height": 480}) == [128, 224]
+    probes = [SizeProbe(64, 0.90, 400, 1.0), SizeProbe(128, 0.91, 400, 1.0), SizeProbe(224, 0.95, 400, 1.0)]
+    assert choose_size(probes)[0] == 224  # 4 points is far outside 1.1 points of noise
+    probes[1] = SizeProbe(128, 0.945, 400, 1.0)
+    size, why = choose_size(probes)
+    assert size == 128 and "0.945 vs 0.950 at 224 px" in why
 
 
 def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
@@ -375,7 +433,7 @@ def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
         d = Decision(strategy=strategy, unfreeze=unfreeze, amount="large", similarity=similarity,
                      score=0.6, line=0.7, input_level=strategy == "surgical", reasons=["(the cell)"])
         hp = plan_hyperparameters(d, sig, amount, model=lite0, image_size=SIZE, batch_size=32,
-                                  budget_minutes=None).hyperparameters["augment"]
+                                  speed=SPEED).hyperparameters["augment"]
         return hp["value"], hp["reason"]
 
     assert augment("partial", 2, "similar") == (

@@ -77,7 +77,9 @@ def evidence(signals: dict, amount: dict, decision: Decision, plan: Plan, thr: T
                      f"AdaBN / {thr.shift_scale:g}); the line is {decision.line:g}"
                      if signals["has_batchnorm"] else f"kappa alone; the line is {decision.line:g}")))
     if plan.estimated_minutes is not None:
+        speed = signals["speed"][str(signals["image_size"])]
         out.append(_e("estimated_minutes", plan.estimated_minutes,
-                      f"rough training time of the command below on this machine, from the measured "
-                      f"forward speed ({signals['forward_ms_per_image']:.1f} ms per image)"))
+                      f"wall time of the command below on this machine, from timed batches at "
+                      f"{signals['image_size']} px ({speed['forward_ms']:.1f} ms per image inference, "
+                      f"{speed['train_ms']:.1f} ms a training step, {speed['load_ms']:.1f} ms decoding)"))
     return out

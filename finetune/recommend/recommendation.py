@@ -25,11 +25,27 @@ from ..io import atomic_write_json
 from ..models import Backbone, create_backbone
 from .decide import Decision, Thresholds, decide
 from .evidence import evidence
+from .options import (
+    Option,
+    candidate_sizes,
+    choose,
+    choose_size,
+    epochs_to_fit,
+    forecast_for,
+    probe_at,
+)
 from .plan import Plan, plan_hyperparameters
 from .result import Recommendation
-from .signals import amount_stats, measure
+from .signals import amount_stats, measure, stratified_subsample
+from .timing import Speed, measure_speed
 
 log = logging.getLogger("finetune")
+# With a budget, further image sizes are measured only while measuring has used less than
+# this share of it (the smallest size first).
+MEASURE_SHARE = 0.15
+# Forward-pass equivalents the signals cost per sampled image: the size probe, the hooked
+# pass, AdaBN's estimate and its pass, decoding, at each measured size.
+_PASSES_PER_IMAGE = 8.0
 
 
 # --------------------------------------------------------------------------- entry points
@@ -49,45 +65,130 @@ def recommend(
     model: Backbone | None = None,
     data_label: str | None = None,
 ) -> Recommendation:
-    """Measure ``data`` with ``backbone``'s pretrained checkpoint and recommend a strategy.
+    """Measure ``data`` with ``backbone``'s pretrained checkpoint and recommend a strategy,
+    an image size and epochs, with a forecast of every option's accuracy and time here.
 
     ``data`` is what ``finetune run --data`` takes (a folder, a CSV, ``builtin:NAME``) or
     a ``DataSplits``. It is split exactly as ``finetune run`` would split it (same seed and
     fractions), and the probes never see the test split. ``model`` reuses an already
-    built backbone with its pretrained weights (any head).
+    built backbone with its pretrained weights (any head). ``image_size`` fixes the size;
+    without it the size is chosen (``options``). ``budget_minutes`` counts this call's own
+    measuring time too.
     """
     start = time.perf_counter()
     thr = thresholds or Thresholds()
     splits, label = _splits(data, data_label, seed=seed, val_fraction=val_fraction,
                             test_fraction=test_fraction)
     model = _pretrained(backbone, weights, model)
-    size = image_size or model.pretrained_cfg.image_size
-
+    default_size = model.pretrained_cfg.image_size
     amount = _amount(splits, seed=seed)
-    signals = measure(model, splits.train + splits.val, num_classes=len(splits.classes),
-                      image_size=size, max_images=max_images, batch_size=batch_size, seed=seed)
+    sizes = [image_size] if image_size else candidate_sizes(default_size, amount)
+    speeds = {sizes[0]: measure_speed(model, sizes[0], batch_size=batch_size, load_ms=0.0)}
+    if budget_minutes:
+        max_images = _affordable_images(max_images, speeds[sizes[0]], budget_minutes,
+                                        num_classes=len(splits.classes))
+    sample = stratified_subsample(splits.train + splits.val, max_images=max_images,
+                                  num_classes=len(splits.classes), seed=seed)
+    probes = []
+    for at in sizes:
+        if probes and budget_minutes and time.perf_counter() - start > MEASURE_SHARE * 60 * budget_minutes:
+            log.info("Budget: %d px not measured (measuring has used %.0f%% of the budget).", at,
+                     100 * MEASURE_SHARE)
+            break
+        probes.append(probe_at(model, sample, at, num_classes=len(splits.classes), batch_size=batch_size))
+        speeds[at] = measure_speed(model, at, batch_size=batch_size, load_ms=probes[-1].load_ms)
+        log.info("Probe at %d px: %.3f on %d images (%.0f s so far).", at, probes[-1].probe_accuracy,
+                 probes[-1].images, time.perf_counter() - start)
+    sizes = [p.image_size for p in probes]
+    size, size_reason = (image_size, None) if image_size else choose_size(probes)
+    signals = measure(model, sample, num_classes=len(splits.classes), image_size=size,
+                      max_images=max_images, batch_size=batch_size, seed=seed)
+    signals["speed"] = {str(s): v.to_json() for s, v in speeds.items()}
+    signals["probe_by_size"] = {str(p.image_size): p.probe_accuracy for p in probes}
     amount["grey_fraction"] = signals["grey_fraction"]
     decision = decide(signals, amount, thr)
-    plan = plan_hyperparameters(decision, signals, amount, model=model, image_size=size,
-                                batch_size=batch_size, budget_minutes=budget_minutes)
-    command = build_command(label, backbone, plan, image_size=size,
-                            default_size=model.pretrained_cfg.image_size, weights=weights)
+
+    def option(d: Decision, at: int, epochs: int | None = None) -> Option:
+        plan = plan_hyperparameters(d, signals, amount, model=model, image_size=at,
+                                    batch_size=batch_size, speed=speeds[at], epochs=epochs,
+                                    size_reason=size_reason if at == size else None)
+        probe = signals["probe_by_size"][str(at)]
+        return Option(d.strategy, d.unfreeze, at, plan.hyperparameters["epochs"]["value"],
+                      forecast_for(d.strategy, d.unfreeze, signals, amount, probe),
+                      60 * plan.estimated_minutes,
+                      build_command(label, backbone, plan, image_size=at, default_size=default_size,
+                                    weights=weights), plan)
+
+    decided = option(decision, size)
+    table = [option(d, s) for s in sizes for d in _alternatives(decision, model.default_unfreeze)]
+    spent = time.perf_counter() - start
+    budget_s = None if budget_minutes is None else 60 * budget_minutes
+    if budget_s is not None:
+        table += _cut_to_fit(table, option, decision, model.default_unfreeze, budget_s - spent)
+    chosen, why = choose(table, decided, budget_s=budget_s, spent_s=spent)
+    plan = chosen.plan
     return Recommendation(
-        strategy=plan.strategy,
+        strategy=chosen.strategy,
         cell={"similarity": decision.similarity, "amount": decision.amount},
         stats=amount,
         similarity=_similarity(decision, signals),
         hyperparameters=plan.hyperparameters,
-        command=command,
+        command=chosen.command,
         evidence=evidence(signals, amount, decision, plan, thr),
         thresholds=thr.to_json(),
-        reasons=decision.reasons + plan.reasons,
-        warnings=decision.warnings + plan.warnings + _skipped_warning(signals),
+        reasons=decision.reasons + why,
+        warnings=decision.warnings + _skipped_warning(signals),
         backbone=getattr(model, "variant", backbone),
         data=label,
         estimated_minutes=plan.estimated_minutes,
         seconds=time.perf_counter() - start,
+        forecast=[o.to_json() | {"chosen": o is chosen, "decided": _same(o, decided)} for o in table],
+        budget_minutes=budget_minutes,
     )
+
+
+def _affordable_images(max_images: int, speed: Speed, budget_minutes: float, *,
+                       num_classes: int) -> int:
+    """The sample a budget affords: the signals cost about ``_PASSES_PER_IMAGE`` hooked
+    forward passes per image, and measuring gets ``MEASURE_SHARE`` of the budget; at least
+    two images per class."""
+    per_image_s = _PASSES_PER_IMAGE * speed.forward_ms / 1000
+    affordable = int(MEASURE_SHARE * 60 * budget_minutes / max(per_image_s, 1e-6))
+    return max(2 * num_classes, min(max_images, affordable))
+
+
+def _alternatives(decision: Decision, default_unfreeze: int) -> list[Decision]:
+    """Every strategy of the table, as decisions: the decided one with its reasons, the
+    others with a reason that says they are the table's alternatives."""
+    out = []
+    for name, k in (("linear", None), ("partial", default_unfreeze), ("lp-ft", None), ("full", None),
+                    ("surgical", 1)):
+        if name == decision.strategy:
+            out.append(decision)
+            continue
+        out.append(dataclasses.replace(decision, strategy=name, unfreeze=k,
+                                       reasons=[f"the forecast table's {name} option"]))
+    return out
+
+
+def _cut_to_fit(table: list[Option], option, decision: Decision, default_unfreeze: int,
+                left_s: float) -> list[Option]:
+    """Options whose planned epochs do not fit in ``left_s``, cut to the epochs that do
+    (at least ``options.MIN_EPOCH_SHARE`` of the plan)."""
+    decisions = {(d.strategy, d.unfreeze): d for d in _alternatives(decision, default_unfreeze)}
+    cut = []
+    for o in table:
+        if o.seconds <= left_s or o.epochs is None or o.strategy == "linear":
+            continue
+        d = decisions[(o.strategy, o.unfreeze)]
+        epochs = epochs_to_fit(lambda e, d=d, at=o.image_size: option(d, at, e).seconds, o.epochs, left_s)
+        if epochs is not None:
+            cut.append(option(d, o.image_size, epochs))
+    return cut
+
+
+def _same(a: Option, b: Option) -> bool:
+    return (a.strategy, a.unfreeze, a.image_size, a.epochs) == (b.strategy, b.unfreeze, b.image_size, b.epochs)
 
 
 def _splits(data: str | Path | DataSplits, data_label: str | None, *, seed: int,
@@ -177,10 +278,12 @@ def apply_to_config(cfg: RunConfig, rec: Recommendation) -> RunConfig:
 
 
 def resolve_auto(cfg: RunConfig, splits: DataSplits, model: Backbone, run_dir: Path, *,
-                 resume: bool = False, write: bool = True) -> tuple[RunConfig, Recommendation]:
+                 resume: bool = False, write: bool = True,
+                 budget_minutes: float | None = None) -> tuple[RunConfig, Recommendation]:
     """``--strategy auto``: the recommendation (reused from the run folder on --resume,
     so the run continues the strategy its checkpoints were made with), applied to ``cfg``
-    and saved as ``run_dir/recommendation.json``."""
+    and saved as ``run_dir/recommendation.json``. ``budget_minutes``: what is left of the
+    run's budget, the recommender's own measuring included."""
     saved = Path(run_dir) / "recommendation.json"
     if resume and saved.is_file():
         rec = Recommendation.from_json(json.loads(saved.read_text()))
@@ -189,7 +292,7 @@ def resolve_auto(cfg: RunConfig, splits: DataSplits, model: Backbone, run_dir: P
         # recommend() probes train + val only: choosing a strategy is model selection.
         rec = recommend(splits, cfg.backbone, seed=cfg.seed, image_size=cfg.image_size,
                         batch_size=cfg.batch_size, model=model, data_label=cfg.data,
-                        weights=cfg.weights)
+                        weights=cfg.weights, budget_minutes=budget_minutes)
         log.info("Strategy auto: %s (%s data, %s to the pretraining data). %s", rec.strategy,
                  rec.cell["amount"], rec.cell["similarity"], " ".join(rec.reasons))
         if write:

@@ -24,6 +24,10 @@ class Recommendation:
     data: str = ""
     estimated_minutes: float | None = None
     seconds: float = 0.0
+    # Every option weighed: strategy, image size, epochs, forecast accuracy with its
+    # interval, minutes here, command; "chosen" marks the one above, "decided" the grid's.
+    forecast: list[dict[str, Any]] = field(default_factory=list)
+    budget_minutes: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +45,8 @@ class Recommendation:
             "data": self.data,
             "estimated_minutes": self.estimated_minutes,
             "seconds": round(self.seconds, 2),
+            "forecast": self.forecast,
+            "budget_minutes": self.budget_minutes,
         }
 
     @classmethod
@@ -51,7 +57,7 @@ class Recommendation:
     def run_flags(self) -> dict[str, Any]:
         """The RunConfig values this recommendation sets (strategy included)."""
         flags = {"strategy": self.strategy}
-        for key in ("unfreeze", "epochs", "lp_epochs", "lr", "augment"):
+        for key in ("unfreeze", "epochs", "lp_epochs", "lr", "augment", "image_size"):
             value = self.hyperparameters.get(key, {}).get("value")
             if value is not None:
                 flags[key] = value
@@ -88,8 +94,25 @@ def format_recommendation(rec: Recommendation) -> str:
     if rec.warnings:
         lines += ["", "Warnings"]
         lines += [_wrap(w, "  ! ") for w in rec.warnings]
+    if rec.forecast:
+        lines += ["", "Forecast (test accuracy with its 80% interval, from the probes and the benchmark's "
+                  "fit; wall time here, from timed batches)"]
+        lines += _forecast_table(rec.forecast)
     if rec.estimated_minutes is not None:
-        lines += ["", f"Estimated training time here: about {rec.estimated_minutes:.1f} min "
-                  f"(signals took {rec.seconds:.0f} s)."]
+        lines += ["", f"Estimated time of the command below here: about {rec.estimated_minutes:.1f} min "
+                  f"(measuring took {rec.seconds:.0f} s)."]
     lines += ["", "Run it:", f"  {rec.command}"]
     return "\n".join(lines)
+
+
+def _forecast_table(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per option: * marks the chosen one, = the grid's decision where it differs."""
+    out = [f"     {'strategy':<24}{'size':>5}{'epochs':>8}{'accuracy':>10}  {'interval':<13}{'minutes':>8}"]
+    for row in sorted(rows, key=lambda r: (r["image_size"], r["minutes"])):
+        mark = "*" if row["chosen"] else "=" if row["decided"] else " "
+        name = row["strategy"] + (f" --unfreeze {row['unfreeze']}" if row["unfreeze"] is not None else "")
+        low, high = row["interval"]
+        out.append(f"  {mark}  {name:<24}{row['image_size']:>5}{row['epochs'] or '':>8}"
+                   f"{row['accuracy']:>10.1%}  {low:.0%}-{high:.0%}{'':<5}{row['minutes']:>8.1f}")
+    out.append("  (* the command below; = the grid's pick, where another option is chosen)")
+    return out
