@@ -464,7 +464,7 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
     on the image as the model saw it, with how much covering each map's most salient
     region lowers the probability against covering random regions (docs/explain.md)."""
     from .deploy.predict import collect_images
-    from .evaluation.explain import EXPLAIN_JSON, explain_run
+    from .evaluation.explain import EXPLAIN_DIRNAME, EXPLAIN_JSON, explain_run
 
     _setup_logging(verbose=False)
     files = collect_images(images)
@@ -473,7 +473,7 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
                         f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
     result = explain_run(run_dir, files, output=output, target=target,
                          methods=[m.strip() for m in methods.split(",") if m.strip()])
-    out_dir = Path(output) if output is not None else run_dir / "explain"
+    out_dir = Path(output) if output is not None else run_dir / EXPLAIN_DIRNAME
     for item in result["images"]:
         top = ", ".join(f"{p['label']} {p['probability']:.4f}" for p in item["top3"])
         click.echo(f"{item['path']}: {top} -> {out_dir / item['files']['figure']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -58,15 +59,16 @@ def test_cli_writes_a_figure_and_json_per_image(cli, linear_run, tmp_path):
 
 
 def test_cli_target_and_methods(cli, linear_run, tmp_path):
-    run_dir = linear_run.run_dir
+    run_dir = shutil.copytree(linear_run.run_dir, tmp_path / "run")  # the default output is in it
     classes = load_splits(run_dir / "splits.json").classes
     image = _test_images(run_dir, 1)[0]
     other = next(c for c in classes if c != load(run_dir).predict(image, top_k=1)[0].label)
-    result = cli("explain", run_dir, image, "--output", tmp_path, "--target", other,
-                 "--methods", "gradcam")
+    result = cli("explain", run_dir, image, "--target", other, "--methods", "gradcam")
     assert result.exit_code == 0, result.output
-    item = json.loads((tmp_path / "explain.json").read_text())["images"][0]
+    report = json.loads((run_dir / "explain" / "explain.json").read_text())
+    item = report["images"][0]
     assert item["target"] == other and list(item["faithfulness"]) == ["gradcam"]
+    assert report["methods"] == ["gradcam"] and (run_dir / "explain" / item["files"]["figure"]).is_file()
 
 
 @pytest.mark.parametrize("args, needles", [
@@ -169,16 +171,31 @@ def test_gallery_leaves_the_model_as_it_was_and_skips_a_perfect_run(linear_run):
     probs = load(linear_run.run_dir).predict_proba([p for p, _ in splits.test])
     labels = np.array([y for _, y in splits.test])
     preds = Predictions(model, splits.test, probs, cfg.image_size)
-    entries, png = top_losses_gallery(preds, splits.classes)
-    assert len(entries) == int((probs.argmax(1) != labels).sum()) and (png is None) == (not entries)
+    gallery = top_losses_gallery(preds, splits.classes)
+    assert len(gallery.entries) == int((probs.argmax(1) != labels).sum())
+    assert (gallery.png is None) == (not gallery.entries)
 
     # Every test image right: nothing to draw.
     right = np.eye(len(splits.classes))[labels]
-    assert top_losses_gallery(Predictions(model, splits.test, right, 96), splits.classes) == ([], None)
-    # A wrong one: drawn, and the model keeps its mode and every weight and statistic.
+    gallery = top_losses_gallery(Predictions(model, splits.test, right, 96), splits.classes)
+    assert gallery.entries == [] and gallery.png is None
+    # Three wrong: drawn, and the model keeps its mode and every weight and statistic.
     flipped = np.roll(right, 1, axis=1)
-    entries, png = top_losses_gallery(Predictions(model, splits.test[:3], flipped[:3], 96),
-                                      splits.classes)
-    assert len(entries) == 3 and png.startswith(b"\x89PNG")
+    gallery = top_losses_gallery(Predictions(model, splits.test[:3], flipped[:3], 96), splits.classes)
+    assert len(gallery.entries) == 3 and gallery.png.startswith(b"\x89PNG")
     assert model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_transformer_gets_the_list_without_the_picture(linear_run):
+    """Grad-CAM reads a (B, C, h, w) map; a ViT's features are tokens, so the gallery lists
+    the mistakes and says why it draws none, and `explain` names --methods occlusion."""
+    torch.manual_seed(0)
+    model = create_backbone("timm:vit_tiny_patch16_224", pretrained=False, num_classes=8).eval()
+    splits = load_splits(linear_run.run_dir / "splits.json")
+    wrong = np.roll(np.eye(8)[[y for _, y in splits.test[:2]]], 1, axis=1)
+    gallery = top_losses_gallery(Predictions(model, splits.test[:2], wrong, 224), splits.classes)
+    assert len(gallery.entries) == 2 and gallery.png is None
+    assert "no spatial feature map" in gallery.note
+    with pytest.raises(ValueError, match="--methods occlusion"):
+        feature_stage(model, torch.zeros(1, 3, 224, 224))

@@ -87,8 +87,8 @@ def feature_stage(model: Backbone, x: torch.Tensor) -> str:
             handle.remove()
     spatial = [s.name for s in model.stages() if seen.get(s.name) == 4]
     if not spatial:
-        raise ValueError(f"{model.variant} has no stage with a spatial feature map: Grad-CAM and "
-                         f"occlusion maps need a convolutional backbone.")
+        raise ValueError(f"{model.variant} has no stage with a spatial (B, C, h, w) output, which "
+                         f"Grad-CAM reads; explain it with --methods occlusion.")
     return spatial[-1]
 
 
@@ -330,6 +330,8 @@ def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Pat
     if not loaded:
         raise ValueError(f"None of the {len(files)} images could be read: "
                          f"{'; '.join(s['path'] + ': ' + s['reason'] for s in skipped[:3])}.")
+    first = loaded[0][1][None].to(explainer.device)
+    stage = feature_stage(model, first) if "gradcam" in methods else None
     out_dir = Path(output) if output is not None else run_dir / EXPLAIN_DIRNAME
     out_dir.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
@@ -350,7 +352,7 @@ def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Pat
     window, stride = occlusion_geometry(image_size)
     result = {
         "run": str(run_dir), "backbone": model.variant, "image_size": image_size,
-        "methods": list(methods), "gradcam_stage": feature_stage(model, loaded[0][1][None].to(explainer.device)),
+        "methods": list(methods), "gradcam_stage": stage,
         "occlusion": {"window": window, "stride": stride, "baseline": "mean colour (0 normalised)"},
         "faithfulness": {"window": window, "random_draws": RANDOM_DRAWS,
                          "mean": _mean_drops(images, methods)},
@@ -360,6 +362,6 @@ def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Pat
     return result
 
 
-__all__ = ["EXPLAIN_JSON", "METHODS", "Explainer", "Explanation", "check_methods", "draw_map",
+__all__ = ["EXPLAIN_DIRNAME", "EXPLAIN_JSON", "METHODS", "Explainer", "Explanation", "check_methods", "draw_map",
            "explain_run", "explanation_figure", "faithfulness", "feature_stage", "gradcam_maps",
            "occlusion_geometry", "occlusion_maps", "png_bytes"]

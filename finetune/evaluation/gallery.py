@@ -1,7 +1,7 @@
 """The test images a run got most confidently wrong (fastai's "top losses"), with Grad-CAM.
 
     losses = top_losses(probs, labels)        # misclassified indices, highest loss first
-    entries, png = top_losses_gallery(TestPredictions(model, test_samples, probs, 96), classes)
+    gallery = top_losses_gallery(TestPredictions(model, test_samples, probs, 96), classes)
 
 The loss of an image is its cross-entropy, ``-log p(true class)``; among the misclassified
 images the highest losses are the mistakes the model was surest of. Each is drawn as the
@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..models import Backbone
-from .explain import Explainer, draw_map, png_bytes
+from .explain import Explainer, draw_map, feature_stage, png_bytes
 
 MAX_TOP_LOSSES = 8
 _COLUMNS = 4
@@ -70,22 +70,36 @@ def _entries(preds: TestPredictions, k: int) -> list[TopLoss]:
     return entries
 
 
+@dataclass
+class Gallery:
+    entries: list[TopLoss]  # highest loss first; empty when every test image is right
+    png: bytes | None  # None when nothing is wrong, or when ``note`` says why not
+    note: str | None = None
+
+
 def top_losses_gallery(preds: TestPredictions, classes: Sequence[str], *,
-                       k: int = MAX_TOP_LOSSES) -> tuple[list[TopLoss], bytes | None]:
-    """The top-loss entries and their gallery as PNG bytes (None when nothing is wrong).
+                       k: int = MAX_TOP_LOSSES) -> Gallery:
+    """The top-loss entries and their gallery as PNG bytes.
 
     The model runs in eval mode for the maps and goes back to its mode afterwards; its
-    weights do not change.
+    weights do not change. A backbone without a spatial feature map (a vision
+    transformer) gets the entries and a note instead of the picture.
     """
     if len(preds.probs) != len(preds.samples):
         raise ValueError(f"{len(preds.probs)} probability rows for {len(preds.samples)} test images.")
     entries = _entries(preds, k)
     if not entries:
-        return [], None
+        return Gallery([], None)
     explainer = Explainer(preds.model, preds.image_size)
     try:
-        shown = [explainer.explain(explainer.load(e.path), target=e.predicted,
-                                   methods=("gradcam",), check=False) for e in entries]
+        images = [explainer.load(e.path) for e in entries]
+        try:
+            feature_stage(preds.model, images[0][None].to(explainer.device))
+        except ValueError:
+            return Gallery(entries, None, f"{preds.model.variant} has no spatial feature map "
+                                          f"for Grad-CAM to read, so the gallery is not drawn.")
+        shown = [explainer.explain(x, target=e.predicted, methods=("gradcam",), check=False)
+                 for x, e in zip(images, entries, strict=True)]
     finally:
         explainer.restore()
     columns = min(_COLUMNS, len(entries))
@@ -101,7 +115,7 @@ def top_losses_gallery(preds: TestPredictions, classes: Sequence[str], *,
         ax.set_axis_off()
     fig.suptitle("Top losses: most confident mistakes on test (Grad-CAM of the predicted class)",
                  fontsize=10)
-    return entries, png_bytes(fig)
+    return Gallery(entries, png_bytes(fig))
 
 
-__all__ = ["MAX_TOP_LOSSES", "TestPredictions", "TopLoss", "top_losses", "top_losses_gallery"]
+__all__ = ["MAX_TOP_LOSSES", "Gallery", "TestPredictions", "TopLoss", "top_losses", "top_losses_gallery"]

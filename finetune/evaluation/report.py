@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_write_bytes
-from .gallery import TestPredictions, TopLoss, top_losses_gallery
+from .gallery import Gallery, TestPredictions, top_losses_gallery
 from .metrics import most_confused_pairs
 
 __all__ = [
@@ -457,19 +457,20 @@ def _confused_section(evaluated: tuple[str, Mapping] | None, classes: Sequence[s
     return lines + [""]
 
 
-def _top_losses_section(entries: Sequence[TopLoss] | None, classes: Sequence[str]) -> list[str]:
+def _top_losses_section(gallery: Gallery | None, classes: Sequence[str]) -> list[str]:
     """The gallery of the most confidently wrong test images, and one row per image."""
     lines = ["## Top losses (test)", ""]
-    if entries is None:
+    if gallery is None:
         return lines + ["Not drawn: the report was given no test predictions (a run without "
                         "a test split).", ""]
+    entries = gallery.entries
     if not entries:
         return lines + ["No test image was misclassified.", ""]
     lines += [
         f"The {len(entries)} test images the model got most confidently wrong, highest loss "
         "(-log p(true class)) first, each with the Grad-CAM map of the class it predicted:",
         "",
-        f"![Top losses]({TOP_LOSSES_PNG})",
+        f"![Top losses]({TOP_LOSSES_PNG})" if gallery.png is not None else f"Not drawn: {gallery.note}",
         "",
         "| # | image | true | predicted | p(predicted) | loss |",
         "|---:|---|---|---|---:|---:|",
@@ -520,7 +521,7 @@ def _summary(
     figures: Mapping[str, tuple[str, str | None]],
     skipped: Sequence[str],
     config: Mapping | None,
-    top_losses: Sequence[TopLoss] | None = None,
+    top_losses: Gallery | None = None,
 ) -> str:
     """``summary.md``: the run, its metrics, where it errs, its figures, what it left out."""
     lines = [
@@ -657,13 +658,14 @@ def write_report(
     skipped = [str(p) for p in metrics.get("skipped_files") or []]
 
     files, notes = _figure_files(evaluated, classes, history)
-    losses, gallery = (top_losses_gallery(test_predictions, classes)
-                       if test_predictions is not None else (None, None))
-    if gallery is not None:
-        files[TOP_LOSSES_PNG] = gallery
+    gallery = (top_losses_gallery(test_predictions, classes)
+               if test_predictions is not None else None)
+    drawn = gallery is not None and gallery.png is not None
+    if drawn:
+        files[TOP_LOSSES_PNG] = gallery.png
     files[PER_CLASS_CSV] = _per_class_csv(evaluated[1]["per_class"] if evaluated else None, classes)
-    summary = _summary(metrics, classes, evaluated, _figure_index(notes), skipped, config, losses)
+    summary = _summary(metrics, classes, evaluated, _figure_index(notes), skipped, config, gallery)
     files[SUMMARY_MD] = summary.encode("utf-8")
     files[SKIPPED_TXT] = "".join(f"{p}\n" for p in skipped).encode("utf-8")
-    stale = [*notes, *([] if gallery is not None else [TOP_LOSSES_PNG])]
+    stale = [*notes, *([] if drawn else [TOP_LOSSES_PNG])]
     return _replace_files(Path(run_dir) / REPORT_DIRNAME, files, stale=stale)
