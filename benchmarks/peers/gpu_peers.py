@@ -116,7 +116,7 @@ def run_timm(args, task: Path, weights: Path, n_train: int, n_classes: int) -> d
 def run_finetune(args, task: Path, n_train: int) -> dict:
     out = args.work / "finetune"
     command = [
-        str(Path(sys.executable).with_name("finetune")), "run", "--data", str(task),
+        sys.executable, "-m", "finetune", "run", "--data", str(task),
         "--strategy", "full", "--epochs", str(args.epochs), "--image-size", str(args.image_size),
         "--batch-size", str(args.batch_size), "--num-workers", str(args.workers),
         "--accelerator", "gpu" if args.device == "cuda" else "cpu", "--output", str(out), "--overwrite", "-q",
