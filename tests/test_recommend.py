@@ -6,6 +6,7 @@ import json
 import math
 import shlex
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -545,3 +546,35 @@ def test_resume_reuses_the_saved_recommendation(digits_rec, tmp_path):
     (tmp_path / "recommendation.json").write_text(json.dumps(saved))
     cfg, rec = resolve_auto(RunConfig(strategy="auto"), None, None, tmp_path, resume=True)
     assert (cfg.strategy, cfg.unfreeze) == ("partial", 3) and rec.strategy == "partial"
+
+
+# --------------------------------------------------------------------------- --budget
+def test_budget_stops_any_strategy_at_the_deadline(brick_cat_dir, tmp_path):
+    """A budget far below what 50 epochs of `full` take: Lightning's max_time ends the phase,
+    the best-on-val weights are evaluated, and metrics.json says the budget stopped it."""
+    cfg = RunConfig(data=str(brick_cat_dir), output=str(tmp_path / "run"), strategy="full", epochs=50,
+                    image_size=SIZE, batch_size=8, num_workers=0, budget=0.05)
+    m = run(cfg, progress=False).metrics
+    assert m["budget"] == {"minutes": 0.05, "stopped_at_budget": ["full"]}
+    assert m["test"]["accuracy"] is not None
+    with pytest.raises(ValueError, match="budget must be a positive number of minutes"):
+        RunConfig(budget=0)
+
+
+@pytest.mark.slow
+def test_run_auto_within_a_one_minute_budget(tmp_path):
+    """`run --strategy auto --budget 1` on a built-in set: measuring, training and
+    evaluation within the budget + 10%, and the choice recorded."""
+    start = time.monotonic()
+    result = run(RunConfig(data="builtin:photos", output=str(tmp_path / "run"), strategy="auto",
+                           budget=1.0, num_workers=0, feature_cache_dir=str(tmp_path / "cache")),
+                 progress=False)
+    wall = time.monotonic() - start
+    assert wall <= 66, wall
+    rec = json.loads((tmp_path / "run" / "recommendation.json").read_text())
+    chosen = [row for row in rec["forecast"] if row["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["command"] == rec["command"]
+    assert rec["budget_minutes"] <= 1.0 and "budget" in rec["reasons"][-1]
+    m = result.metrics
+    assert m["recommended_by"] == "auto" and m["strategy"] == rec["strategy"]
+    assert m["budget"]["minutes"] == 1.0 and m["image_size"] == chosen[0]["image_size"]

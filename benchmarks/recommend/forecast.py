@@ -27,9 +27,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from regret import load_oracle, load_signals, read_rows
+from regret import arm_of as benchmark_arm
+from regret import load_oracle, load_signals, read_rows, regret_of, summary
 
-from finetune.recommend.forecast import features  # the regressors a live recommendation uses
+from finetune.recommend import Thresholds, decide
+from finetune.recommend.forecast import arm_of, features  # what a live recommendation uses
+from finetune.recommend.options import CHEAP_RATIO
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -75,6 +78,43 @@ def evaluate(cells: list, table: dict, signals: dict) -> dict[str, dict]:
     return out
 
 
+def held_out_forecasts(cells: list, table: dict, signals: dict) -> dict[str, np.ndarray]:
+    """Per arm, each cell's forecast accuracy from the fit that left its task out."""
+    x = np.array([features(signals[c]["similarity"], signals[c]["stats"]) for c in cells])
+    probe = np.array([signals[c]["similarity"]["probe_accuracy"] for c in cells])
+    tasks = np.array([c[0] for c in cells])
+    out = {}
+    for arm in ARMS:
+        y = np.array([table[c][arm]["acc"] for c in cells]) - probe
+        held = np.empty_like(y)
+        for task in np.unique(tasks):
+            rows = tasks == task
+            held[rows] = x[rows] @ fit(x[~rows], y[~rows])
+        out[arm] = probe + held
+    return out
+
+
+def choice_regret(cells: list, table: dict, signals: dict, result: dict) -> dict[str, dict]:
+    """regret.py's summary (mean and worst regret, mean CPU s over the cells run on a CPU)
+    of three ways to choose, each from held-out forecasts: the grid's pick (decide, shipped
+    thresholds); the grid's pick replaced by an arm CHEAP_RATIO times cheaper whose forecast
+    is within the pick's held-out error (what `recommend` does without a budget); the best
+    forecast."""
+    held = held_out_forecasts(cells, table, signals)
+    picks: dict[str, dict] = {"grid": {}, "grid, cheaper within error": {}, "best forecast": {}}
+    for i, cell in enumerate(cells):
+        d = decide(signals[cell]["similarity"], signals[cell]["stats"], Thresholds())
+        grid = benchmark_arm(d.strategy, d.unfreeze)  # partial-3 where the grid asks for it
+        fitted = arm_of(d.strategy, d.unfreeze)  # the fitted arm that forecasts it
+        cpu = {a: table[cell][a]["cpu"] or float("inf") for a in {*ARMS, grid}}
+        cheaper = [a for a in ARMS if cpu[a] * CHEAP_RATIO <= cpu[grid]
+                   and held[a][i] >= held[fitted][i] - result[fitted]["mae"]]
+        picks["grid"][cell] = grid
+        picks["grid, cheaper within error"][cell] = min(cheaper, key=cpu.get) if cheaper else grid
+        picks["best forecast"][cell] = max(ARMS, key=lambda a: held[a][i])
+    return {rule: summary(regret_of(table, p), p, table) for rule, p in picks.items()}
+
+
 def coefficients_source(result: dict, csvs: list[Path]) -> str:
     lines = ['"""The accuracy forecast\'s fitted numbers: written by benchmarks/recommend/forecast.py',
              "from the oracle tables in benchmarks/recommend/results (do not edit by hand; rerun it).",
@@ -94,7 +134,7 @@ def coefficients_source(result: dict, csvs: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(result: dict, csvs: list[Path]) -> str:
+def report(result: dict, csvs: list[Path], choices: dict[str, dict]) -> str:
     first = next(iter(result.values()))
     lines = ["# The accuracy forecast, held out", "",
              "`python forecast.py` (benchmarks/recommend/): leave-one-task-out over "
@@ -106,6 +146,11 @@ def report(result: dict, csvs: list[Path]) -> str:
         lo, hi = r["interval"]
         lines.append(f"| {arm} | {100 * r['mae']:.2f} | {100 * lo:+.1f} .. {100 * hi:+.1f} | "
                      f"{100 * r['mae_probe_alone']:.2f} |")
+    lines += ["", "Choosing with held-out forecasts (regret: points below the cell's best arm; CPU "
+              "seconds of the chosen arm's run, over the cells run on a CPU):", "",
+              "| choice | mean regret | worst | CPU s |", "|---|---:|---:|---:|"]
+    for rule, r in choices.items():
+        lines.append(f"| {rule} | {r['mean']:.2f} | {r['worst']:.2f} | {r['mean_cpu_s']:.0f} |")
     lines += ["", "Sources: " + ", ".join(p.name for p in csvs) + "."]
     return "\n".join(lines) + "\n"
 
@@ -115,8 +160,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="fail if the committed files differ")
     args = parser.parse_args(argv)
     csvs = sorted(p for p in RESULTS.glob("oracle*.csv") if "pilot" not in p.name)
-    result = evaluate(*dataset(csvs))
-    outputs = {COEFFICIENTS: coefficients_source(result, csvs), RESULTS / "forecast.md": report(result, csvs)}
+    cells, table, signals = dataset(csvs)
+    result = evaluate(cells, table, signals)
+    choices = choice_regret(cells, table, signals, result)
+    outputs = {COEFFICIENTS: coefficients_source(result, csvs),
+               RESULTS / "forecast.md": report(result, csvs, choices)}
     if args.check:
         stale = [str(p) for p, text in outputs.items() if not p.is_file() or p.read_text() != text]
         if stale:
