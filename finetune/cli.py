@@ -481,7 +481,9 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
         click.echo(f"Skipped {item['path']}: {item['reason']}", err=True)
     for method, drops in result["faithfulness"]["mean"].items():
         click.echo(f"{method}: covering the most salient window lowers p by "
-                   f"{drops['salient_drop']:.3f} on average, a random one by {drops['random_drop']:.3f}")
+                   f"{drops['salient_drop']:.3f} (log p by {drops['salient_log_drop']:.2f}) on "
+                   f"average, a random one by {drops['random_drop']:.3f} "
+                   f"({drops['random_log_drop']:.2f})")
     click.echo(f"Wrote {out_dir / EXPLAIN_JSON}")
 
 
@@ -491,7 +493,8 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
 @click.option("--backbone", required=True, callback=_check_backbone,
               help="Backbone name (see `finetune models`) or timm:<name>.")
 @click.option("--budget", "budget", type=click.FloatRange(min=0, min_open=True), metavar="MINUTES",
-              help="Training time available here: fewer epochs or a cheaper strategy to fit it.")
+              help="Wall time available here, measuring included: the option with the best "
+              "forecast that fits.")
 @click.option("--image-size", type=click.IntRange(min=32),
               help="Input size to measure and train at (default: the backbone's).")
 @click.option("--weights", default="pretrained", show_default=True,
@@ -504,10 +507,10 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
 @_user_errors
 def recommend(data: str, backbone: str, budget: float | None, image_size: int | None, weights: str,
               max_images: int, seed: int, as_json: bool) -> None:
-    """Which strategy suits DATA: measures how far the data sits from the backbone's
-    pretraining (BatchNorm statistics per depth, linear probes per stage), places it on
-    the amount x similarity grid, and prints the evidence, the hyperparameters and the
-    `finetune run` command."""
+    """Which strategy and image size suit DATA: measures how far the data sits from the
+    backbone's pretraining (BatchNorm statistics per depth, linear probes per stage and
+    size), places it on the amount x similarity grid, and prints the evidence, a forecast
+    of each option's accuracy and time here, and the `finetune run` command."""
     from .recommend import recommend as make_recommendation
 
     _setup_logging(verbose=False)
