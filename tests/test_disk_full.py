@@ -73,11 +73,12 @@ def _flags(data: Path, out: Path, **kw) -> list[str]:
 
 @pytest.fixture(scope="module")
 def linear_small(brick_cat_dir, tmp_path_factory) -> Path:
-    """A finished linear run on the small folder (the tests copy it before changing it)."""
+    """A finished linear run on the small folder (the tests copy it before changing it),
+    its head trained for epochs (sgd): a resume then redoes only the evaluation."""
     out = tmp_path_factory.mktemp("runs") / "linear"
     run(RunConfig(data=str(brick_cat_dir), output=str(out), backbone="efficientnet_lite0",
-                  image_size=32, batch_size=4, num_workers=0, accelerator="cpu", epochs=2),
-        progress=False)
+                  image_size=32, batch_size=4, num_workers=0, accelerator="cpu", epochs=2,
+                  head_fit="sgd"), progress=False)
     return out
 
 
@@ -154,7 +155,7 @@ def test_report_past_the_limit_is_one_line_and_resume_rewrites_it(linear_small, 
     out = tmp_path / "run"
     shutil.copytree(linear_small, out)
     shutil.rmtree(out / "report")
-    args = _flags(brick_cat_dir, out, strategy="linear", epochs=2)
+    args = _flags(brick_cat_dir, out, strategy="linear", epochs=2, **{"head-fit": "sgd"})
     # metrics.json (3 kB) fits under 20 kB, the report's figures (40-60 kB) do not.
     line = _one_line(_limited(20_000, "run", *args, "-q", "--resume", cwd=tmp_path))
     named = re.fullmatch(

@@ -1,5 +1,6 @@
-"""``--head-fit lbfgs``: scikit-learn's logistic regression, C chosen on val, written into
-the model's classifier so checkpoints and evaluation work unchanged."""
+"""``--head-fit lbfgs`` (``linear``'s default): scikit-learn's logistic regression, C chosen
+on val, refit on train + val, written into the model's classifier so checkpoints and
+evaluation work unchanged."""
 
 from __future__ import annotations
 
@@ -16,7 +17,13 @@ from finetune.models.efficientnet import EfficientNet
 from finetune.run_folder import load_run_model
 from finetune.training import evaluate_run, run
 from finetune.training.feature_cache import FeatureDataset
-from finetune.training.head_fit import DEFAULT_CS, FALLBACK_C, HeadFit, fit_logistic_head
+from finetune.training.head_fit import (
+    DEFAULT_CS,
+    FALLBACK_C,
+    HeadFit,
+    fit_logistic_head,
+    refit_logistic_head,
+)
 
 
 def _blobs(n: int, d: int = 20, classes: int = 4, seed: int = 0, spread: float = 1.5):
@@ -85,6 +92,122 @@ def test_streamed_chunks_give_the_same_head(tmp_path):
     whole = fit_logistic_head(ds, None, num_classes=4)
     streamed = fit_logistic_head(ds, None, num_classes=4, chunk_size=64, in_memory_bytes=0)
     torch.testing.assert_close(streamed.weight, whole.weight, atol=1e-3, rtol=1e-3)
+
+
+def _sklearn_probs(x, y, C, x_eval):
+    """sklearn's LogisticRegression at ``C`` on features standardised by ``x``'s moments."""
+    mean, std = x.mean(0), x.std(0)
+    std = np.where(std > 1e-6, std, 1.0)
+    ref = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit((x - mean) / std, y)
+    return ref.predict_proba((x_eval - mean) / std)
+
+
+def _head_probs(fit: HeadFit, x) -> np.ndarray:
+    logits = torch.from_numpy(x) @ fit.weight.T + fit.bias
+    return torch.softmax(logits.double(), 1).numpy()
+
+
+def test_refit_learns_from_train_and_val_at_the_chosen_c():
+    x, y = _blobs(400, seed=3, spread=0.5)
+    train, val = (x[:240], y[:240]), (x[240:320], y[240:320])
+    xt = x[320:]
+    # C of at most 1: the stopping tolerance, relative to C * N, is then tight in sklearn's units.
+    selection = fit_logistic_head(train, val, num_classes=4, Cs=(0.1, 1.0), max_iter=1000)
+    refit = refit_logistic_head(selection, train, val, num_classes=4, max_iter=1000)
+    assert refit.refit["images"] == 320 and (refit.refit["train_images"], refit.refit["val_images"]) == (240, 80)
+    # The choice of C and its held-out scores are the selection's; the head is a new one.
+    assert refit.C == selection.C and refit.sweep == selection.sweep
+    assert not torch.allclose(refit.weight, selection.weight, atol=1e-3)
+    # The same problem as sklearn's LogisticRegression(C) on all 320 standardised samples:
+    # the same minimum to sklearn's tolerance; the selection fit is off that minimum.
+    both_x, both_y = x[:320], y[:320]
+    mean, std = both_x.mean(0), both_x.std(0)
+    xs = ((both_x - mean) / std).astype(np.float64)
+    ref = LogisticRegression(C=refit.C, tol=1e-10, max_iter=10_000).fit(xs, both_y)
+    theirs = _sklearn_objective(xs, both_y, ref.coef_, ref.intercept_, refit.C)
+
+    def objective(fit: HeadFit) -> float:
+        w = fit.weight.double().numpy()
+        return _sklearn_objective(xs, both_y, w * std, fit.bias.double().numpy() + w @ mean, refit.C)
+
+    assert objective(refit) == pytest.approx(theirs, rel=1e-4)
+    assert objective(selection) > theirs * (1 + 1e-2)
+    agree = (_head_probs(refit, xt).argmax(1) == ref.predict((xt - mean) / std)).mean()
+    assert agree == 1.0
+
+
+def test_refit_needs_a_validation_split():
+    x, y = _blobs(60, seed=4)
+    selection = fit_logistic_head((x, y), None, num_classes=4)
+    with pytest.raises(ValueError, match="No validation features to refit the head on"):
+        refit_logistic_head(selection, (x, y), (x[:0], y[:0]), num_classes=4)
+
+
+def _run_features(run_dir, cache_dir) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The cached features a run trained and was scored on, read back (every split a hit)."""
+    from finetune.data import FinetuneDataModule
+    from finetune.run_folder import build_model
+    from finetune.training.feature_cache import feature_splits
+
+    model, cfg, splits = load_run_model(run_dir)
+    dm = FinetuneDataModule(splits, build_model(cfg, len(splits.classes)).pretrained_cfg,
+                            image_size=cfg.image_size, augment="none", batch_size=32, num_workers=0)
+    cached, _, hits = feature_splits(model, dm, cfg.replace(feature_cache_dir=str(cache_dir)),
+                                     torch.device("cpu"), False)
+    assert all(hits.values()), hits
+    return {s: (np.array(cached[s]._open()[0]), cached[s].labels) for s in ("train", "val", "test")}
+
+
+@pytest.fixture(scope="module")
+def refit_runs(photos_dir, tmp_path_factory):
+    """``linear`` at its defaults (lbfgs, refit) and with --no-head-refit, on 128 real photos
+    at 32 px (a harder task than at 96 px, and seconds), sharing one feature cache."""
+    root = tmp_path_factory.mktemp("refit")
+    base = dict(data=str(photos_dir), backbone="efficientnet_lite0", image_size=32,
+                num_workers=0, feature_cache_dir=str(root / "cache"))
+    refit = run(RunConfig(**base, output=str(root / "refit")), progress=False)
+    selection = run(RunConfig(**base, head_refit=False, output=str(root / "selection")), progress=False)
+    return refit, selection, root / "cache"
+
+
+def test_linear_refits_on_train_and_val_and_reports_the_selection_fits_val(refit_runs):
+    refit, selection, _ = refit_runs
+    m, ms = refit.metrics, selection.metrics
+    sizes = m["split_sizes"]
+    assert m["head_fit"]["method"] == "lbfgs" and "refit" not in ms["head_fit"]
+    assert m["head_fit"]["refit"]["images"] == sizes["train"] + sizes["val"]
+    assert m["head_fit"]["refit"]["val_images"] == sizes["val"] == m["val"]["num_samples"]
+    # Val is scored before the refit: the same selection fit, the same val metrics.
+    assert m["head_fit"]["C"] == ms["head_fit"]["C"]
+    assert m["val"] == ms["val"]
+    assert m["val"]["accuracy"] == pytest.approx(m["head_fit"]["sweep"][
+        [r["C"] for r in m["head_fit"]["sweep"]].index(m["head_fit"]["C"])]["val_accuracy"])
+    assert m["images_per_s"] * m["train_time_s"] == pytest.approx(sizes["train"] + sizes["val"], rel=0.01)
+    # The checkpoint holds the refit head, a different one from the selection fit's.
+    heads = [load_run_model(r.run_dir)[0].get_classifier().weight for r in (refit, selection)]
+    assert not torch.allclose(heads[0], heads[1], atol=1e-4)
+    again = evaluate_run(refit.run_dir, progress=False)
+    assert again["accuracy"] == pytest.approx(m["test"]["accuracy"])
+    assert "refit on train + val" in (refit.run_dir / "report" / "summary.md").read_text()
+
+
+def test_linear_makes_sklearns_predictions_on_the_same_features(refit_runs):
+    """The refit head is scikit-learn's LogisticRegression at the same C on the same
+    standardised train + val features: their test probabilities agree to 0.02 (both stop
+    at a gradient tolerance, not at the exact optimum, and ours reads float32 features),
+    and the predictions are equal."""
+    refit, _, cache = refit_runs
+    feats = _run_features(refit.run_dir, cache)
+    x = np.concatenate([feats["train"][0], feats["val"][0]]).astype(np.float64)
+    y = np.concatenate([feats["train"][1], feats["val"][1]])
+    xt, yt = feats["test"]
+    theirs = _sklearn_probs(x, y, refit.metrics["head_fit"]["C"], xt.astype(np.float64))
+    model = load_run_model(refit.run_dir)[0].get_classifier()
+    with torch.no_grad():
+        ours = torch.softmax(model(torch.from_numpy(xt)).double(), 1).numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-2)
+    np.testing.assert_array_equal(ours.argmax(1), theirs.argmax(1))
+    assert refit.metrics["test"]["accuracy"] == pytest.approx((theirs.argmax(1) == yt).mean())
 
 
 def test_refuses_a_non_linear_classifier():

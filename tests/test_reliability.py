@@ -47,15 +47,18 @@ def four_dir(photos_dir, tmp_path_factory) -> Path:
     return root
 
 
+# The linear runs here exercise the epoch loop (checkpoints, NaN, kills, resumes): they
+# train the head with AdamW (--head-fit sgd), not linear's default one-shot L-BFGS fit.
 def _cfg(data, out, **kw) -> RunConfig:
     base = dict(data=str(data), output=str(out), backbone="efficientnet_lite0", image_size=64,
-                batch_size=8, num_workers=0, epochs=3)
+                batch_size=8, num_workers=0, epochs=3, head_fit="sgd")
     base.update(kw)
     return RunConfig(**base)
 
 
 def _flags(data, out, **kw) -> list[str]:
-    flags = {"data": data, "output": out, "image-size": 64, "batch-size": 8, "num-workers": 0, **kw}
+    flags = {"data": data, "output": out, "image-size": 64, "batch-size": 8, "num-workers": 0,
+             "head-fit": "sgd", **kw}
     return [arg for key, value in flags.items() for arg in (f"--{key}", str(value))]
 
 

@@ -79,12 +79,12 @@ def test_resume_without_checkpoint_is_explained(tmp_path, photos_dir):
 
 
 def test_resume_continues_and_extends_epochs(tmp_path, photos_dir):
-    out = tmp_path / "resumed"
-    first = run(_cfg(photos_dir, out, epochs=2), progress=False)
+    out = tmp_path / "resumed"  # the AdamW head: epochs to continue (lbfgs has none)
+    first = run(_cfg(photos_dir, out, epochs=2, head_fit="sgd"), progress=False)
     assert first.metrics["phases"][0]["epochs"] == 2
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 1  # Lightning counts from 0: the second epoch finished
-    run(_cfg(photos_dir, out, epochs=4), resume=True, progress=False)
+    run(_cfg(photos_dir, out, epochs=4, head_fit="sgd"), resume=True, progress=False)
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["epoch"] == 3
     assert [row["epoch"] for row in ckpt["finetune"]["history"]] == [0, 1, 2, 3]

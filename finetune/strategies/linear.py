@@ -9,7 +9,7 @@ from dataclasses import replace
 from ..config import RunConfig
 from ..models import Backbone
 from .phase import Phase
-from .registry import Default, Planning, StrategySpec, register
+from .registry import Default, Planning, StrategySpec, get_strategy, register
 
 log = logging.getLogger("finetune")
 
@@ -35,6 +35,16 @@ def leading_probe(cfg: RunConfig) -> Phase:
     return replace(probe_phase(cfg, epochs=cfg.lp_epochs), lr=LINEAR.defaults["lr"].value)
 
 
+def head_fit_for(cfg: RunConfig) -> str:
+    """How a cached-feature phase of ``cfg`` fits its head: ``--head-fit``, else the
+    strategy's own default, else ``sgd`` (the probe that lp-ft and surgical fine-tune from
+    is the AdamW head their recipes were tuned with)."""
+    if cfg.head_fit is not None:
+        return cfg.head_fit
+    default = get_strategy(cfg.strategy).defaults.get("head_fit")
+    return default.value if default is not None else "sgd"
+
+
 def _phases(cfg: RunConfig, model: Backbone) -> list[Phase]:
     return [probe_phase(cfg, epochs=cfg.epochs)]
 
@@ -48,6 +58,9 @@ LINEAR = register(StrategySpec(
         "lr": Default(1e-2, "a linear head over frozen features tolerates a high rate"),
         "warmup_epochs": Default(0.0, "a convex problem on fixed features needs no warm-up"),
         "augment": Default("none", "cached features are computed once, without augmentation"),
+        "head_fit": Default("lbfgs", "a logistic regression to convergence, C chosen on val, then "
+                                     "refit on train + val: matches scikit-learn on the same "
+                                     "features, beats the SGD head (benchmarks/linear_vs_logreg.py)"),
     },
     trains="none",
     planning=Planning(

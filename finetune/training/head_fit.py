@@ -16,6 +16,11 @@ penalised. The fitted ``(W, b)`` are then folded back to act on raw features, so
 result is an ordinary ``nn.Linear`` head and checkpoints, evaluation and export need not
 know how it was trained.
 
+``refit_logistic_head`` then fits the chosen C once more on train + val: the selection
+used val as held-out data, the final head learns from every labelled image (as
+scikit-learn's ``LogisticRegressionCV(refit=True)`` does after its cross-validation). The
+objective is per sample, so the same C means the same trade-off on more samples.
+
 Features are read in chunks from the memory-mapped cache (``FeatureDataset.chunks``);
 splits that fit in ``in_memory_bytes`` are loaded once, larger ones are streamed on every
 L-BFGS evaluation, so the fit never needs all features in memory at once.
@@ -24,6 +29,7 @@ L-BFGS evaluation, so the fit never needs all features in memory at once.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -59,6 +65,9 @@ class HeadFit:
     C: float
     time_s: float
     sweep: list[dict] = field(default_factory=list)  # one row per C tried
+    # Set by refit_logistic_head: the fit on train + val at the chosen C (images, fit
+    # statistics); the sweep's val scores stay those of the fit on train alone.
+    refit: dict | None = None
 
     def apply_to(self, classifier: nn.Module) -> None:
         """Copy the fitted weights into the model's ``nn.Linear`` classifier."""
@@ -201,34 +210,96 @@ def fit_logistic_head(
     train_chunks, n, d = _as_chunks(train, chunk_size, in_memory_bytes)
     if n == 0:
         raise ValueError("No training features to fit the head on.")
-    threads = 1 if n * d * num_classes <= SINGLE_THREAD_MACS else torch.get_num_threads()
-    with _threads(threads):
-        return _fit(train_chunks, val, n=n, d=d, num_classes=num_classes, Cs=Cs,
-                    class_weights=class_weights, label_smoothing=label_smoothing,
-                    max_iter=max_iter, chunk_size=chunk_size, in_memory_bytes=in_memory_bytes,
-                    start=start)
-
-
-def _fit(train_chunks: Chunks, val, *, n: int, d: int, num_classes: int, Cs: Sequence[float],
-         class_weights, label_smoothing: float, max_iter: int, chunk_size: int,
-         in_memory_bytes: int, start: float) -> HeadFit:
-    mean, std = _moments(train_chunks, d)
-    train_std = _standardised(train_chunks, mean, std, in_memory=n * d * 4 <= in_memory_bytes)
-    val_std = None
-    if val is not None and len(val[1] if isinstance(val, tuple) else val) > 0:
-        val_chunks, n_val, _ = _as_chunks(val, chunk_size, in_memory_bytes)
-        val_std = _standardised(val_chunks, mean, std, in_memory=n_val * d * 4 <= in_memory_bytes)
-    Cs = sorted(float(c) for c in Cs) if val_std is not None else [FALLBACK_C]
-    if val_std is None:
+    val_chunks = None
+    if val is not None and _length(val) > 0:
+        val_chunks = _as_chunks(val, chunk_size, in_memory_bytes)[0]
+    if val_chunks is None:
         log.warning("No validation split to choose the regularisation on: --head-fit lbfgs "
                     "uses C=%g.", FALLBACK_C)
+    Cs = sorted(float(c) for c in Cs) if val_chunks is not None else [FALLBACK_C]
+    threads = 1 if n * d * num_classes <= SINGLE_THREAD_MACS else torch.get_num_threads()
+    with _threads(threads):
+        fit = _fit(train_chunks, val_chunks, n=n, d=d, num_classes=num_classes, Cs=Cs,
+                   class_weights=class_weights, label_smoothing=label_smoothing,
+                   max_iter=max_iter, in_memory_bytes=in_memory_bytes)
+    fit.time_s = time.perf_counter() - start
+    chosen = fit.best_row()
+    log.info("Head fit L-BFGS: C=%g chosen from %d values (%s); train accuracy %.4f%s, %.2f s.",
+             fit.C, len(Cs), ", ".join(f"{c:g}" for c in Cs), chosen["train_accuracy"],
+             f", val accuracy {chosen['val_accuracy']:.4f}" if "val_accuracy" in chosen else "",
+             fit.time_s)
+    return fit
+
+
+def refit_logistic_head(
+    selection: HeadFit,
+    train,
+    val,
+    *,
+    num_classes: int,
+    class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+    max_iter: int = 300,
+    chunk_size: int = 16384,
+    in_memory_bytes: int = 1 << 30,
+) -> HeadFit:
+    """The head refitted on ``train`` + ``val`` at the C that ``selection`` chose on val.
+
+    Standardised with the moments of both splits, warm-started from ``selection``'s head.
+    The result keeps ``selection``'s C and sweep (its val scores are the held-out ones)
+    and records the refit in ``refit``; ``time_s`` is the selection's plus the refit's.
+    """
+    start = time.perf_counter()
+    train_chunks, n_train, d = _as_chunks(train, chunk_size, in_memory_bytes)
+    val_chunks, n_val, _ = _as_chunks(val, chunk_size, in_memory_bytes)
+    if n_val == 0:
+        raise ValueError("No validation features to refit the head on: without a "
+                         "validation split the head is already fitted on every image.")
+    n = n_train + n_val
+
+    def both() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        return itertools.chain(train_chunks(), val_chunks())
+
+    threads = 1 if n * d * num_classes <= SINGLE_THREAD_MACS else torch.get_num_threads()
+    with _threads(threads):
+        fit = _fit(both, None, n=n, d=d, num_classes=num_classes, Cs=[selection.C],
+                   class_weights=class_weights, label_smoothing=label_smoothing,
+                   max_iter=max_iter, in_memory_bytes=in_memory_bytes,
+                   init=(selection.weight, selection.bias))
+    row = fit.sweep[0]
+    refit = {"images": n, "train_images": n_train, "val_images": n_val,
+             "iterations": row["iterations"], "train_accuracy": row["train_accuracy"],
+             "train_loss": row["train_loss"], "time_s": round(time.perf_counter() - start, 4)}
+    log.info("Head refit on train + val (%d images) at C=%g: train accuracy %.4f, %.2f s.",
+             n, selection.C, row["train_accuracy"], refit["time_s"])
+    return HeadFit(weight=fit.weight, bias=fit.bias, C=selection.C,
+                   time_s=selection.time_s + refit["time_s"], sweep=selection.sweep, refit=refit)
+
+
+def _length(data) -> int:
+    return len(data[1]) if isinstance(data, tuple) else len(data)
+
+
+def _fit(train_chunks: Chunks, val_chunks: Chunks | None, *, n: int, d: int, num_classes: int,
+         Cs: Sequence[float], class_weights, label_smoothing: float, max_iter: int,
+         in_memory_bytes: int, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> HeadFit:
+    """Sweep ``Cs`` in order, warm-starting each fit from the last (the first from
+    ``init``, a raw-feature head, if given); keep the best on val (the last without val)."""
+    mean, std = _moments(train_chunks, d)
+    in_memory = n * d * 4 <= in_memory_bytes
+    train_std = _standardised(train_chunks, mean, std, in_memory=in_memory)
+    val_std = None if val_chunks is None else _standardised(val_chunks, mean, std, in_memory=in_memory)
 
     cw = class_weights.float() if class_weights is not None else torch.ones(num_classes)
     # The weighted mean's denominator, as F.cross_entropy(weight=...) computes it.
     weight_sum = sum(cw[y].sum().item() for _, y in train_chunks())
 
-    w = torch.zeros(num_classes, d, requires_grad=True)  # (C, D)
-    b = torch.zeros(num_classes, requires_grad=True)  # (C,)
+    w = torch.zeros(num_classes, d)  # (C, D)
+    b = torch.zeros(num_classes)  # (C,)
+    if init is not None:
+        # The raw-feature head in this standardisation: W x + b = (W s) (x - m) / s + (b + W m).
+        w, b = init[0].float() * std, init[1].float() + init[0].float() @ mean
+    w, b = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
     sweep: list[dict] = []
     best: tuple[float, float, float, torch.Tensor, torch.Tensor] | None = None
     for C in Cs:
@@ -253,13 +324,8 @@ def _fit(train_chunks: Chunks, val, *, n: int, d: int, num_classes: int, Cs: Seq
     # Fold the standardisation in: W (x - m) / s + b = (W / s) x + (b - (W / s) m).
     weight = w_std / std
     bias = b_std - weight @ mean
-    fit = HeadFit(weight=weight, bias=bias, C=best_c, time_s=time.perf_counter() - start, sweep=sweep)
-    chosen = fit.best_row()
-    log.info("Head fit L-BFGS: C=%g chosen from %d values (%s); train accuracy %.4f%s, %.2f s.",
-             best_c, len(Cs), ", ".join(f"{c:g}" for c in Cs), chosen["train_accuracy"],
-             f", val accuracy {chosen['val_accuracy']:.4f}" if "val_accuracy" in chosen else "",
-             fit.time_s)
-    return fit
+    return HeadFit(weight=weight, bias=bias, C=best_c, time_s=0.0, sweep=sweep)
 
 
-__all__ = ["DEFAULT_CS", "FALLBACK_C", "HeadFit", "check_linear_head", "fit_logistic_head"]
+__all__ = ["DEFAULT_CS", "FALLBACK_C", "HeadFit", "check_linear_head", "fit_logistic_head",
+           "refit_logistic_head"]
