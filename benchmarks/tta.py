@@ -22,7 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import machine, table, write_results  # noqa: E402
-from lr_find import DATASETS, IMAGE_SIZE, PER_CLASS, STRATEGIES, ensure_run, run_config  # noqa: E402
+from lr_find import (  # noqa: E402
+    IMAGE_SIZE,
+    PER_CLASS,
+    ensure_run,
+    merged_rows,
+    parse_runs,
+    run_config,
+    stamp,
+)
 
 from finetune.training.evaluate import evaluate_run  # noqa: E402
 
@@ -31,29 +39,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/finetune-bench-lr"))
     parser.add_argument("--epochs", type=int, default=3, help="partial's epochs")
+    parser.add_argument("--runs", nargs="+", metavar="DATASET:STRATEGY")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     env = machine()
     rows = []
-    for name in ("photos",) if args.quick else DATASETS:
-        for strategy in STRATEGIES:
-            cfg = run_config(args.work, name, strategy, lr_find=False, epochs=args.epochs,
-                             steps=100)
-            ensure_run(cfg)
-            row = {"dataset": name, "strategy": strategy}
-            for tta in (False, True):
-                start = time.perf_counter()
-                m = evaluate_run(Path(cfg.output), tta=tta, progress=False)
-                key = "tta" if tta else "plain"
-                row.update({f"{key}_accuracy": m["accuracy"], f"{key}_loss": m["loss"],
-                            f"{key}_s": round(time.perf_counter() - start, 2)})
-                if tta:
-                    row["views"] = m["tta"]["views"]
-            row["n_test"] = m["num_samples"]
-            row["accuracy_gain"] = row["tta_accuracy"] - row["plain_accuracy"]
-            row["loss_change"] = row["tta_loss"] - row["plain_loss"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for name, strategy in parse_runs(args.runs, args.quick):
+        cfg = run_config(args.work, name, strategy, lr_find=False, epochs=args.epochs, steps=100)
+        ensure_run(cfg)
+        row = {"dataset": name, "strategy": strategy}
+        for tta in (False, True):
+            start = time.perf_counter()
+            m = evaluate_run(Path(cfg.output), tta=tta, progress=False)
+            key = "tta" if tta else "plain"
+            row.update({f"{key}_accuracy": m["accuracy"], f"{key}_loss": m["loss"],
+                        f"{key}_s": round(time.perf_counter() - start, 2)})
+            if tta:
+                row["views"] = m["tta"]["views"]
+        row["n_test"] = m["num_samples"]
+        row["accuracy_gain"] = row["tta_accuracy"] - row["plain_accuracy"]
+        row["loss_change"] = row["tta_loss"] - row["plain_loss"]
+        rows.append(stamp(row))
+        print(json.dumps(row), flush=True)
+    rows = merged_rows("tta", rows)
     print(table(rows, ["dataset", "strategy", "n_test", "plain_accuracy", "tta_accuracy",
                        "plain_loss", "tta_loss", "plain_s", "tta_s"]))
     path = write_results("tta", {
