@@ -27,6 +27,7 @@ from .decide import Decision, Thresholds, decide
 from .evidence import evidence
 from .options import (
     Option,
+    SizeProbe,
     candidate_sizes,
     choose,
     choose_size,
@@ -83,22 +84,9 @@ def recommend(
     default_size = model.pretrained_cfg.image_size
     amount = _amount(splits, seed=seed)
     sizes = [image_size] if image_size else candidate_sizes(default_size, amount)
-    speeds = {sizes[0]: measure_speed(model, sizes[0], batch_size=batch_size, load_ms=0.0)}
-    if budget_minutes:
-        max_images = _affordable_images(max_images, speeds[sizes[0]], budget_minutes,
-                                        num_classes=len(splits.classes))
-    sample = stratified_subsample(splits.train + splits.val, max_images=max_images,
-                                  num_classes=len(splits.classes), seed=seed)
-    probes = []
-    for at in sizes:
-        if probes and budget_minutes and time.perf_counter() - start > MEASURE_SHARE * 60 * budget_minutes:
-            log.info("Budget: %d px not measured (measuring has used %.0f%% of the budget).", at,
-                     100 * MEASURE_SHARE)
-            break
-        probes.append(probe_at(model, sample, at, num_classes=len(splits.classes), batch_size=batch_size))
-        speeds[at] = measure_speed(model, at, batch_size=batch_size, load_ms=probes[-1].load_ms)
-        log.info("Probe at %d px: %.3f on %d images (%.0f s so far).", at, probes[-1].probe_accuracy,
-                 probes[-1].images, time.perf_counter() - start)
+    sample, probes, speeds = _probe_sizes(model, splits, sizes, start=start, max_images=max_images,
+                                          batch_size=batch_size, budget_minutes=budget_minutes,
+                                          seed=seed)
     sizes = [p.image_size for p in probes]
     size, size_reason = (image_size, None) if image_size else choose_size(probes)
     signals = measure(model, sample, num_classes=len(splits.classes), image_size=size,
@@ -145,6 +133,33 @@ def recommend(
         forecast=[o.to_json() | {"chosen": o is chosen, "decided": _same(o, decided)} for o in table],
         budget_minutes=budget_minutes,
     )
+
+
+def _probe_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, start: float,
+                 max_images: int, batch_size: int, budget_minutes: float | None,
+                 seed: int) -> tuple[list, list[SizeProbe], dict[int, Speed]]:
+    """The sample, the probe and the speed at each size, smallest first; with a budget, a
+    sample it affords, and no further size once measuring has used ``MEASURE_SHARE`` of it."""
+    num_classes = len(splits.classes)
+    speeds = {sizes[0]: measure_speed(model, sizes[0], batch_size=batch_size, load_ms=0.0)}
+    if budget_minutes:
+        max_images = _affordable_images(max_images, speeds[sizes[0]], budget_minutes,
+                                        num_classes=num_classes)
+    sample = stratified_subsample(splits.train + splits.val, max_images=max_images,
+                                  num_classes=num_classes, seed=seed)
+    probes: list[SizeProbe] = []
+    for at in sizes:
+        if probes and budget_minutes and time.perf_counter() - start > MEASURE_SHARE * 60 * budget_minutes:
+            log.info("Budget: %d px not measured (measuring has used %.0f%% of the budget).", at,
+                     100 * MEASURE_SHARE)
+            break
+        probes.append(probe_at(model, sample, at, num_classes=num_classes, batch_size=batch_size))
+        load_ms = probes[-1].load_ms
+        speeds[at] = (dataclasses.replace(speeds[at], load_ms=load_ms) if at in speeds
+                      else measure_speed(model, at, batch_size=batch_size, load_ms=load_ms))
+        log.info("Probe at %d px: %.3f on %d images (%.0f s so far).", at, probes[-1].probe_accuracy,
+                 probes[-1].images, time.perf_counter() - start)
+    return sample, probes, speeds
 
 
 def _affordable_images(max_images: int, speed: Speed, budget_minutes: float, *,
