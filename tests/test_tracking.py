@@ -161,3 +161,18 @@ def test_resume_keeps_the_csv_rows_and_the_mlflow_run(tracked, brick_cat_dir, tm
     client = MlflowClient(cfg.tracking_uri)
     assert len(client.get_metric_history(run_id, "val_loss")) == 4
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
+
+
+@pytest.mark.slow  # two spawned processes
+def test_ddp_spawn_children_and_parent_share_the_csv(photos_dir, tmp_path):
+    """Under ddp_spawn the epochs are logged by child processes and the final metrics by
+    the parent: metrics.csv keeps both."""
+    cfg = RunConfig(data=str(photos_dir), output=str(tmp_path / "run"), strategy="linear",
+                    head_fit="sgd", epochs=2, image_size=32, batch_size=16, num_workers=0,
+                    accelerator="cpu", devices="2", distributed="ddp_spawn", loggers=("csv",))
+    result = run(cfg, progress=False)
+    rows = _csv_rows(result.run_dir)
+    assert [int(r["epoch"]) for r in rows if "val_loss" in r] == [0, 1]
+    final = [r for r in rows if "test_accuracy" in r]
+    assert len(final) == 1
+    assert float(final[0]["test_accuracy"]) == pytest.approx(result.metrics["test"]["accuracy"])

@@ -27,7 +27,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any
 
-from pytorch_lightning.loggers import Logger, MLFlowLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, MLFlowLogger, WandbLogger
 
 from ..config import RunConfig
 from ..io import atomic_write_json
@@ -153,6 +153,22 @@ class RunTracking:
             return
         ckpt = load_checkpoint(Path(ckpt_dir) / "last.ckpt")
         self.advance(int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)) + 1)
+        self._learn_csv_columns()
+
+    def _learn_csv_columns(self) -> None:
+        """Under ddp_spawn a phase logs from child processes, and this process's CSV writer
+        never saw their columns: it would rewrite metrics.csv with its own alone. It learns
+        them from the file's header."""
+        for logger in self.loggers:
+            if not isinstance(logger.tool, CSVLogger):
+                continue
+            path = Path(logger.tool.log_dir) / "metrics.csv"
+            if not path.is_file():
+                continue
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), [])
+            writer = logger.tool.experiment
+            writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
     def log_row(self, row: dict[str, Any]) -> None:
         """One epoch's values logged without a Trainer (an L-BFGS head fit): at the current
@@ -212,8 +228,6 @@ def _csv_logger(run_dir: Path, *, resume: bool) -> Logger:
     """``RUN/logs/metrics.csv``. Lightning's CSV writer starts its file afresh, so a resume
     writes the rows from before the interruption back first (the epoch it replays may
     then appear twice, as it does in the other tools)."""
-    from pytorch_lightning.loggers import CSVLogger
-
     logger = CSVLogger(save_dir=str(run_dir), name=CSV_DIR, version="")
     path = Path(logger.log_dir) / "metrics.csv"
     if not resume or not path.is_file():
