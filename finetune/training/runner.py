@@ -56,7 +56,14 @@ from .distributed import global_rank
 from .feature_cache import feature_splits
 from .features import predict_probs
 from .head_fit import check_linear_head, fit_logistic_head, refit_logistic_head
-from .interrupt import after_requeue, at_evaluation, at_phase, interruptible, within_fit
+from .interrupt import (
+    RunInterrupted,
+    after_requeue,
+    at_evaluation,
+    at_phase,
+    interruptible,
+    within_fit,
+)
 from .lr_finder import LrFindResult, find_lr, saved_lrs, write_result
 from .module import FinetuneModule, count_trainable
 from .tracking import RunTracking, check_trackers
@@ -185,8 +192,10 @@ def _train_and_finish(prep: Prepared, *, resume: bool, progress: bool) -> RunRes
             return RunResult(run_dir=prep.run_dir, metrics={}, is_global_zero=False)
         at_evaluation()
         metrics = finish(prep, state, train_time, progress=progress)
-    except BaseException:
-        tracking.close("failed")
+    except BaseException as err:
+        # MLflow's run statuses: a signal that stopped the run (--resume continues it) is not
+        # a failure of the run.
+        tracking.close("KILLED" if isinstance(err, RunInterrupted) else "failed")
         raise
     tracking.close("success")
     return RunResult(run_dir=prep.run_dir, metrics=metrics)
