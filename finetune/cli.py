@@ -481,9 +481,9 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
         click.echo(f"Skipped {item['path']}: {item['reason']}", err=True)
     for method, drops in result["faithfulness"]["mean"].items():
         click.echo(f"{method}: covering the most salient window lowers p by "
-                   f"{drops['salient_drop']:.3f} (log p by {drops['salient_log_drop']:.2f}) on "
+                   f"{drops['salient_drop']:.3f} (log-odds by {drops['salient_logodds_drop']:.2f}) on "
                    f"average, a random one by {drops['random_drop']:.3f} "
-                   f"({drops['random_log_drop']:.2f})")
+                   f"({drops['random_logodds_drop']:.2f})")
     click.echo(f"Wrote {out_dir / EXPLAIN_JSON}")
 
 

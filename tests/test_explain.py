@@ -55,7 +55,8 @@ def test_cli_writes_a_figure_and_json_per_image(cli, linear_run, tmp_path):
         with Image.open(tmp_path / "out" / item["files"]["figure"]) as figure:
             assert figure.format == "PNG" and figure.width > 600  # three panels side by side
         for method in ("gradcam", "occlusion"):
-            assert set(item["faithfulness"][method]) == {"salient_drop", "random_drop"}
+            assert set(item["faithfulness"][method]) == {
+                "salient_drop", "random_drop", "salient_logodds_drop", "random_logodds_drop"}
 
 
 def test_cli_target_and_methods(cli, linear_run, tmp_path):
@@ -111,16 +112,18 @@ def test_occlusion_window_scales_with_the_image():
 
 def test_maps_are_faithful_on_real_test_images(linear_run):
     """Over real test images, covering the most salient window lowers the predicted
-    class's probability more than covering random windows of the same size, for both maps."""
+    class's probability, and its log-odds, more than covering random windows of the same
+    size, for both maps."""
     model, cfg, splits = load_run_model(linear_run.run_dir)
     explainer = Explainer(model, cfg.image_size)
     drops = {"gradcam": [], "occlusion": []}
     for seed, path in enumerate(_test_images(linear_run.run_dir, 6)):
         for method, figures in explainer.explain(explainer.load(path), seed=seed).faithfulness.items():
-            drops[method].append((figures["salient_drop"], figures["random_drop"]))
-    for method, pairs in drops.items():
-        salient, random = np.mean(pairs, axis=0)
-        assert salient > random, (method, pairs)
+            drops[method].append([figures[k] for k in ("salient_drop", "random_drop",
+                                                      "salient_logodds_drop", "random_logodds_drop")])
+    for method, rows in drops.items():
+        salient, random, salient_logodds, random_logodds = np.mean(rows, axis=0)
+        assert salient > random and salient_logodds > random_logodds, (method, rows)
 
 
 # --------------------------------------------------------------------------- top losses

@@ -98,11 +98,6 @@ def occlusion_geometry(size: int) -> tuple[int, int]:
     return window, max(1, math.ceil(window / 2))
 
 
-def _probability(tapped: _Tapped, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B,) softmax probability of each row's ``target`` class."""
-    return torch.softmax(tapped(x).float(), dim=1).gather(1, target.view(-1, 1)).squeeze(1)
-
-
 # --------------------------------------------------------------------------- the maps
 
 
@@ -143,7 +138,12 @@ def faithfulness(tapped: _Tapped, x: torch.Tensor, target: int, saliency: torch.
                  draws: int = RANDOM_DRAWS, seed: int = 0) -> dict:
     """For one image (3, S, S) and its map (S, S): the drop of the target's probability when
     the map's most salient window is covered with the mean colour (``salient_drop``), and
-    the mean drop over ``draws`` windows of the same size at random places (``random_drop``)."""
+    the mean drop over ``draws`` windows of the same size at random places (``random_drop``).
+
+    The same two in log-odds, log(p / (1 - p)) (``salient_logodds_drop``,
+    ``random_logodds_drop``): a confident prediction's probability sits at 1.0 and hardly
+    moves when a window is covered, while its log-odds (the target's logit minus the
+    log-sum-exp of the others') still shows how much evidence the window held."""
     size = x.shape[-1]
     window, _ = occlusion_geometry(size)
     generator = torch.Generator().manual_seed(seed)
@@ -152,9 +152,14 @@ def faithfulness(tapped: _Tapped, x: torch.Tensor, target: int, saliency: torch.
     covered = x.unsqueeze(0).repeat(len(corners) + 1, 1, 1, 1)  # row 0 stays whole
     for row, (top, left) in enumerate(corners, start=1):
         covered[row, :, top:top + window, left:left + window] = 0.0
-    probs = _probability(tapped, covered, torch.full((len(covered),), target, device=x.device))
-    drops = (probs[0] - probs[1:]).tolist()
-    return {"salient_drop": drops[0], "random_drop": float(np.mean(drops[1:]))}
+    logits = tapped(covered).double()  # (1 + 1 + draws, C)
+    p = torch.softmax(logits, dim=1)[:, target]
+    others = logits.index_fill(1, torch.tensor([target], device=x.device), -math.inf)
+    logodds = logits[:, target] - torch.logsumexp(others, dim=1)
+    drops = (p[0] - p[1:]).tolist()
+    log_drops = (logodds[0] - logodds[1:]).tolist()
+    return {"salient_drop": drops[0], "random_drop": float(np.mean(drops[1:])),
+            "salient_logodds_drop": log_drops[0], "random_logodds_drop": float(np.mean(log_drops[1:]))}
 
 
 # --------------------------------------------------------------------------- one image
@@ -302,8 +307,9 @@ def _figure_name(path: Path, taken: set[str]) -> str:
 
 
 def _mean_drops(images: Sequence[Mapping], methods: Sequence[str]) -> dict:
-    return {m: {key: float(np.mean([im["faithfulness"][m][key] for im in images]))
-                for key in ("salient_drop", "random_drop")} for m in methods}
+    keys = ("salient_drop", "random_drop", "salient_logodds_drop", "random_logodds_drop")
+    return {m: {key: float(np.mean([im["faithfulness"][m][key] for im in images])) for key in keys}
+            for m in methods}
 
 
 def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Path | None = None,
