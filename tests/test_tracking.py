@@ -139,6 +139,21 @@ def test_wandb_offline_run_is_written_in_the_run_folder(brick_cat_dir, tmp_path,
     assert offline[0].name.endswith(run_id)
 
 
+def test_lbfgs_head_fit_logs_its_one_epoch(brick_cat_dir, tmp_path):
+    """A head fitted by L-BFGS (no Trainer.fit) still leaves its epoch in metrics.csv."""
+    cfg = RunConfig(data=str(brick_cat_dir), output=str(tmp_path / "run"), strategy="linear",
+                    head_fit="lbfgs", head_refit=False, image_size=64, num_workers=0)
+    result = run(cfg, progress=False)
+    rows = _csv_rows(result.run_dir)
+    (epoch,) = [r for r in rows if "val_loss" in r]
+    (history,) = saved_history(result.run_dir / "checkpoints")
+    assert epoch["epoch"] == "0" and float(epoch["C"]) == pytest.approx(history["C"])
+    assert float(epoch["val_loss"]) == pytest.approx(history["val_loss"], rel=1e-6)
+    assert float(epoch["train_loss_epoch"]) == pytest.approx(history["train_loss"], rel=1e-6)
+    (final,) = [r for r in rows if "test_accuracy" in r]
+    assert float(final["test_accuracy"]) == pytest.approx(result.metrics["test"]["accuracy"])
+
+
 def test_resume_keeps_the_csv_rows_and_the_mlflow_run(tracked, brick_cat_dir, tmp_path,
                                                      monkeypatch):
     """A run extended with --resume (a larger --epochs) continues its metrics.csv and its
