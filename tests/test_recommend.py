@@ -420,8 +420,8 @@ def test_image_size_candidates_and_choice():
     probes = [SizeProbe(64, 0.90, 400, 1.0), SizeProbe(128, 0.91, 400, 1.0), SizeProbe(224, 0.95, 400, 1.0)]
     assert choose_size(probes)[0] == 224  # 4 points is far outside 1.1 points of noise
     probes[1] = SizeProbe(128, 0.945, 400, 1.0)
-    size, why = choose_size(probes)
-    assert size == 128 and "0.945 vs 0.950 at 224 px" in why
+    size, why = choose_size(probes, {64: 1.0, 128: 2.0, 224: 6.2})
+    assert size == 128 and why.startswith("128 px: probe 0.945 vs 0.950 at 224 px") and "3.1x faster" in why
 
 
 def test_augmentation_reason_follows_the_cell(digits_rec, lite0):

@@ -88,7 +88,8 @@ def recommend(
                                           batch_size=batch_size, budget_minutes=budget_minutes,
                                           seed=seed)
     sizes = [p.image_size for p in probes]
-    size, size_reason = (image_size, None) if image_size else choose_size(probes)
+    size, size_reason = ((image_size, None) if image_size
+                         else choose_size(probes, {at: v.forward_ms for at, v in speeds.items()}))
     signals = measure(model, sample, num_classes=len(splits.classes), image_size=size,
                       max_images=max_images, batch_size=batch_size, seed=seed)
     signals["speed"] = {str(s): v.to_json() for s, v in speeds.items()}
