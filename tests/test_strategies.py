@@ -124,10 +124,15 @@ def test_the_recommender_plans_every_strategy(name, resnet18):
     p = plan_hyperparameters(decision, signals, amount, model=resnet18, image_size=64,
                              batch_size=32, speed=speed)
     hp = {k: v["value"] for k, v in p.hyperparameters.items()}
-    assert p.strategy == name and hp["lr"] == spec.planning.lr
-    low, high = spec.planning.epoch_limits
-    # 640 images at batch 32: 20 steps an epoch
-    assert hp["epochs"] == min(high, max(low, math.ceil(spec.planning.target_steps / 20)))
+    assert p.strategy == name
+    if "head_fit" in spec.defaults and spec.defaults["head_fit"].value == "lbfgs":
+        # Fit to convergence: no epochs or rate to plan.
+        assert hp["head_fit"] == "lbfgs" and "epochs" not in hp and "lr" not in hp
+    else:
+        assert hp["lr"] == spec.planning.lr
+        low, high = spec.planning.epoch_limits
+        # 640 images at batch 32: 20 steps an epoch
+        assert hp["epochs"] == min(high, max(low, math.ceil(spec.planning.target_steps / 20)))
     assert ("lp_epochs" in hp) == spec.probe_first and hp.get("unfreeze") == unfreeze
     assert p.estimated_minutes > 0
 

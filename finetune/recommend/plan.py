@@ -76,13 +76,18 @@ def plan_hyperparameters(decision: Decision, signals: dict, amount: dict, *, mod
         lp = _epochs(get_strategy(_HEAD_ONLY), n_train, batch_size)
         hp["lp_epochs"] = _hp(lp, f"the linear-probe phase runs on cached features, so {lp} epochs "
                               f"(about {lp * steps} steps) cost seconds; its head starts the next phase")
-    low, high = spec.planning.epoch_limits
-    hp["epochs"] = _hp(epochs, f"about {spec.planning.target_steps} optimizer steps at {steps} step(s) "
-                       f"per epoch ({n_train} training images, batch {batch_size}), within "
-                       f"{low}-{high} epochs"
-                       + (f"; cut from {planned} to fit the budget" if epochs < planned else ""))
-    lr = spec.planning.lr
-    hp["lr"] = _hp(lr, f"{spec.planning.lr_reason}. Per group: {_stage_lrs(spec, unfreeze, lr, names)}")
+    head_fit = spec.defaults.get("head_fit")
+    if head_fit is not None and head_fit.value == "lbfgs":
+        # A logistic regression fit to convergence: no epochs or learning rate to plan.
+        hp["head_fit"] = _hp("lbfgs", head_fit.reason)
+    else:
+        low, high = spec.planning.epoch_limits
+        hp["epochs"] = _hp(epochs, f"about {spec.planning.target_steps} optimizer steps at {steps} "
+                           f"step(s) per epoch ({n_train} training images, batch {batch_size}), within "
+                           f"{low}-{high} epochs"
+                           + (f"; cut from {planned} to fit the budget" if epochs < planned else ""))
+        lr = spec.planning.lr
+        hp["lr"] = _hp(lr, f"{spec.planning.lr_reason}. Per group: {_stage_lrs(spec, unfreeze, lr, names)}")
     hp["augment"] = _hp(*_augment(spec, decision, unfreeze))
     hp["image_size"] = _hp(image_size, size_reason or _image_size_reason(model, image_size, amount))
     hp["bn_policy"] = _hp(_bn_policy(spec, unfreeze, signals, batch_size),

@@ -102,7 +102,7 @@ def recommend(
                                     batch_size=batch_size, speed=speeds[at], epochs=epochs,
                                     size_reason=size_reason if at == size else None)
         probe = signals["probe_by_size"][str(at)]
-        return Option(d.strategy, d.unfreeze, at, plan.hyperparameters["epochs"]["value"],
+        return Option(d.strategy, d.unfreeze, at, plan.hyperparameters.get("epochs", {}).get("value"),
                       forecast_for(d.strategy, d.unfreeze, signals, amount, probe),
                       60 * plan.estimated_minutes,
                       build_command(label, backbone, plan, image_size=at, default_size=default_size,
