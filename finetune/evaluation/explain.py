@@ -262,8 +262,11 @@ def explanation_figure(explanation: Explanation, classes: Sequence[str], name: s
     for ax, (method, saliency) in zip(axes[1:], explanation.maps.items(), strict=True):
         draw_map(ax, explanation.image, saliency, method)
         drops = explanation.faithfulness.get(method)
-        note = (f"\ncovered, p drops: top {drops['salient_drop']:.3f}, "
-                f"random {drops['random_drop']:.3f}" if drops else "")
+        # The change when covered: negative is a drop.
+        note = (f"\ncover top window: p {-drops['salient_drop']:+.3f}, "
+                f"log-odds {-drops['salient_logodds_drop']:+.2f}"
+                f"\na random one: p {-drops['random_drop']:+.3f}, "
+                f"log-odds {-drops['random_logodds_drop']:+.2f}" if drops else "")
         ax.set_title(f"{_TITLES[method]}{note}", fontsize=9)
     top = np.argsort(-explanation.probs, kind="stable")[:TOP_K]
     prediction = ", ".join(f"{classes[i]} {explanation.probs[i]:.2f}" for i in top)
