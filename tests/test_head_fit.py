@@ -229,7 +229,7 @@ def test_lbfgs_run_reuses_the_cache_and_matches_sgd(digits_dir, tmp_path, monkey
     monkeypatch.setattr(EfficientNet, "forward_features", counted)
     base = dict(data=str(digits_dir), backbone="efficientnet_lite0", image_size=48,
                 batch_size=32, num_workers=0, epochs=10, feature_cache_dir=str(tmp_path / "cache"))
-    sgd = run(RunConfig(**base, output=str(tmp_path / "sgd")), progress=False).metrics
+    sgd = run(RunConfig(**base, head_fit="sgd", output=str(tmp_path / "sgd")), progress=False).metrics
     n_images = sum(sgd["split_sizes"].values())
     assert images["n"] == n_images  # one pass, then the head trains on features
     assert sgd["feature_cache"]["hits"] == {"train": False, "val": False, "test": False}
