@@ -284,7 +284,7 @@ def _fit(train_chunks: Chunks, val_chunks: Chunks | None, *, n: int, d: int, num
          Cs: Sequence[float], class_weights, label_smoothing: float, max_iter: int,
          in_memory_bytes: int, init: tuple[torch.Tensor, torch.Tensor] | None = None) -> HeadFit:
     """Sweep ``Cs`` in order, warm-starting each fit from the last (the first from
-    ``init``, a raw-feature head, if given); keep the best on val (the last without val)."""
+    ``init``, a raw-feature head, if given); keep the best on val (without val, the first)."""
     mean, std = _moments(train_chunks, d)
     in_memory = n * d * 4 <= in_memory_bytes
     train_std = _standardised(train_chunks, mean, std, in_memory=in_memory)
