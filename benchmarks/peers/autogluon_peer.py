@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -55,6 +56,7 @@ def main() -> None:
     }
     train = frame(args.task / "train")
     problem_type = "binary" if train["label"].nunique() == 2 else "multiclass"
+    shutil.rmtree(args.out / "predictor", ignore_errors=True)  # AutoGluon refuses an existing one
     predictor = MultiModalPredictor(
         label="label", problem_type=problem_type, path=str(args.out / "predictor")
     )

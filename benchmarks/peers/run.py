@@ -101,14 +101,14 @@ class Runner:
         if code == 0:
             row.update(json.loads((out / "result.json").read_text()))
         else:
-            row["command"] = " ".join(command)
+            row["command"] = shlex.join(command)
             row["error"] = f"exit code {code}; see {out.with_suffix('.log')}"
         return self.record(task, tool, row)
 
     def finetune(self, task: str, tool: str, flags: list[str]) -> dict:
         if self.done(task, tool):
             return self.done(task, tool)
-        out = self.args.work / task / tool
+        out = self.args.work / task / tool.replace(" ", "_")
         command = [
             self.args.finetune,
             "run",
@@ -127,7 +127,7 @@ class Runner:
             "exit_code": code,
             "load_before": before,
             "load_after": load(),
-            "command": " ".join(command),
+            "command": shlex.join(command),
         }
         if code == 0:
             metrics = json.loads((out / "metrics.json").read_text())
