@@ -314,7 +314,10 @@ def train_phase(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress, *
     """Train one phase into ``ckpt_dir`` and leave the model at its best-on-val weights."""
     cfg, model = prep.cfg, prep.model
     phase_data(prep, phase, state, progress=progress)
-    if cfg.lr_find and not (phase.feature_cache and head_fit_for(cfg) == "lbfgs"):
+    if cfg.lr_find and phase.feature_cache and head_fit_for(cfg) == "lbfgs":
+        log.warning("--lr find: phase '%s' fits its head by L-BFGS, which has no learning "
+                    "rate to find (--head-fit sgd trains it at one).", phase.name)
+    elif cfg.lr_find:
         phase = _at_found_lr(prep, phase, state, resume=resume, progress=progress)
     module = FinetuneModule(model, phase, cfg, classes=prep.splits.classes,
                             class_weights=prep.class_weights)
