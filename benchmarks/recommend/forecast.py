@@ -32,7 +32,7 @@ from regret import load_oracle, load_signals, read_rows, regret_of, summary
 
 from finetune.recommend import Thresholds, decide
 from finetune.recommend.forecast import arm_of, features  # what a live recommendation uses
-from finetune.recommend.options import CHEAP_RATIO
+from finetune.recommend.options import CHEAP_MARGIN, CHEAP_RATIO
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -98,19 +98,22 @@ def choice_regret(cells: list, table: dict, signals: dict, result: dict) -> dict
     """regret.py's summary (mean and worst regret, mean CPU s over the cells run on a CPU)
     of three ways to choose, each from held-out forecasts: the grid's pick (decide, shipped
     thresholds); the grid's pick replaced by an arm CHEAP_RATIO times cheaper whose forecast
-    is within the pick's held-out error (what `recommend` does without a budget); the best
-    forecast."""
+    is within CHEAP_MARGIN of the pick's held-out error (what `recommend` does without a
+    budget), and within all of it (the looser rule it replaced); the best forecast."""
     held = held_out_forecasts(cells, table, signals)
-    picks: dict[str, dict] = {"grid": {}, "grid, cheaper within error": {}, "best forecast": {}}
+    picks: dict[str, dict] = {"grid": {}, "grid, cheaper within half the error": {},
+                              "grid, cheaper within the error": {}, "best forecast": {}}
     for i, cell in enumerate(cells):
         d = decide(signals[cell]["similarity"], signals[cell]["stats"], Thresholds())
         grid = benchmark_arm(d.strategy, d.unfreeze)  # partial-3 where the grid asks for it
         fitted = arm_of(d.strategy, d.unfreeze)  # the fitted arm that forecasts it
         cpu = {a: table[cell][a]["cpu"] or float("inf") for a in {*ARMS, grid}}
-        cheaper = [a for a in ARMS if cpu[a] * CHEAP_RATIO <= cpu[grid]
-                   and held[a][i] >= held[fitted][i] - result[fitted]["mae"]]
         picks["grid"][cell] = grid
-        picks["grid, cheaper within error"][cell] = min(cheaper, key=cpu.get) if cheaper else grid
+        for rule, margin in (("grid, cheaper within half the error", CHEAP_MARGIN),
+                             ("grid, cheaper within the error", 1.0)):
+            cheaper = [a for a in ARMS if cpu[a] * CHEAP_RATIO <= cpu[grid]
+                       and held[a][i] >= held[fitted][i] - margin * result[fitted]["mae"]]
+            picks[rule][cell] = min(cheaper, key=cpu.get) if cheaper else grid
         picks["best forecast"][cell] = max(ARMS, key=lambda a: held[a][i])
     return {rule: summary(regret_of(table, p), p, table) for rule, p in picks.items()}
 
