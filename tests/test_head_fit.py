@@ -227,6 +227,9 @@ def test_lbfgs_run_reuses_the_cache_and_matches_sgd(digits_dir, tmp_path, monkey
         return original(self, x)
 
     monkeypatch.setattr(EfficientNet, "forward_features", counted)
+    # The report's Grad-CAM gallery of test mistakes runs the backbone again after training;
+    # this test counts the passes that training takes.
+    monkeypatch.setattr("finetune.evaluation.report.top_losses_gallery", lambda *a, **k: None)
     base = dict(data=str(digits_dir), backbone="efficientnet_lite0", image_size=48,
                 batch_size=32, num_workers=0, epochs=10, feature_cache_dir=str(tmp_path / "cache"))
     sgd = run(RunConfig(**base, head_fit="sgd", output=str(tmp_path / "sgd")), progress=False).metrics
