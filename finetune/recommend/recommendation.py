@@ -108,8 +108,11 @@ def recommend(
                       build_command(label, backbone, plan, image_size=at, default_size=default_size,
                                     weights=weights), plan)
 
-    decided = option(decision, size)
     table = [option(d, s) for s in sizes for d in _alternatives(decision, model.default_unfreeze)]
+    # The grid's decision is one of the table's rows (its strategy at the chosen size): the
+    # same object, so that the row is marked chosen when the choice keeps it.
+    decided = next(o for o in table if o.image_size == size and o.strategy == decision.strategy
+                   and o.unfreeze == decision.unfreeze)
     spent = time.perf_counter() - start
     budget_s = None if budget_minutes is None else 60 * budget_minutes
     if budget_s is not None:
