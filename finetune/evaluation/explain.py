@@ -23,7 +23,6 @@ probability more than covering windows of that size at random places.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from ..data.transforms import build_transform, jpeg_draft_size
 from ..io import atomic_write_bytes
 from ..models import Backbone
 from ..run_folder import load_run_model
+from .figures import png_bytes
 
 METHODS = ("gradcam", "occlusion")
 EXPLAIN_DIRNAME = "explain"
@@ -49,7 +49,6 @@ EXPLAIN_JSON = "explain.json"
 TOP_K = 3
 # Random windows per image that the most salient window is compared with.
 RANDOM_DRAWS = 8
-_DPI = 100
 
 
 # --------------------------------------------------------------------------- the model
@@ -274,12 +273,6 @@ def explanation_figure(explanation: Explanation, classes: Sequence[str], name: s
     return fig
 
 
-def png_bytes(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    return buf.getvalue()
-
-
 # --------------------------------------------------------------------------- a run
 
 
@@ -373,4 +366,4 @@ def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Pat
 
 __all__ = ["EXPLAIN_DIRNAME", "EXPLAIN_JSON", "METHODS", "Explainer", "Explanation", "check_methods", "draw_map",
            "explain_run", "explanation_figure", "faithfulness", "feature_stage", "gradcam_maps",
-           "occlusion_geometry", "occlusion_maps", "png_bytes"]
+           "occlusion_geometry", "occlusion_maps"]

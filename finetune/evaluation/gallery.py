@@ -21,7 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..models import Backbone
-from .explain import Explainer, draw_map, feature_stage, png_bytes
+from .explain import Explainer, draw_map, feature_stage
+from .figures import png_bytes
 
 MAX_TOP_LOSSES = 8
 _COLUMNS = 4

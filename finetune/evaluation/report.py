@@ -40,6 +40,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..io import atomic_write_bytes
+from .figures import png_bytes
 from .gallery import Gallery, TestPredictions, top_losses_gallery
 from .metrics import most_confused_pairs
 
@@ -59,7 +60,6 @@ SUMMARY_MD = "summary.md"
 SKIPPED_TXT = "skipped_files.txt"
 TOP_LOSSES_PNG = "top_losses.png"
 
-_DPI = 100
 _MAX_LABEL_CHARS = 24
 # The summary stays one readable page; the full list is always in skipped_files.txt.
 _MAX_SKIPPED_IN_SUMMARY = 50
@@ -71,12 +71,6 @@ _CURVE_PANELS = (
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _png_bytes(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- figures
@@ -586,7 +580,7 @@ def _confusion_pngs(matrix, classes: Sequence[str], split_name: str) -> dict[str
         normalize=True,
         title=f"Confusion matrix ({split_name}, row-normalised: recall on the diagonal)",
     )
-    return {CONFUSION_PNG: _png_bytes(counts), CONFUSION_NORM_PNG: _png_bytes(normalized)}
+    return {CONFUSION_PNG: png_bytes(counts), CONFUSION_NORM_PNG: png_bytes(normalized)}
 
 
 def _figure_files(
@@ -602,7 +596,7 @@ def _figure_files(
         notes[CONFUSION_PNG] = notes[CONFUSION_NORM_PNG] = "no confusion matrix was recorded."
     fig = learning_curves_figure(history)
     if fig is not None:
-        files[CURVES_PNG] = _png_bytes(fig)
+        files[CURVES_PNG] = png_bytes(fig)
     elif not history:
         notes[CURVES_PNG] = "no training history was recorded."
     else:

@@ -33,11 +33,14 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from pytorch_lightning.tuner import Tuner
 from torch.utils.data import DataLoader
 
 from ..config import RunConfig
-from ..io import atomic_write_json
+from ..evaluation.figures import png_bytes
+from ..io import atomic_write_bytes, atomic_write_json
 from ..models import Backbone
 from ..strategies import Phase
 from .module import FinetuneModule
@@ -179,12 +182,9 @@ def _bar_unless(show: bool):
 # ---------------------------------------------------------------------- files
 def plot_curve(result: LrFindResult, path: Path) -> None:
     """The loss-vs-rate curve with the suggestion (and the default) marked, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot(result.lrs, result.losses, color="tab:blue", label="smoothed training loss")
     ax.set_xscale("log")
     ax.axvline(result.default_lr, color="tab:gray", linestyle="--",
@@ -197,10 +197,8 @@ def plot_curve(result: LrFindResult, path: Path) -> None:
     ax.set_ylabel("loss")
     ax.set_title(f"learning-rate range test: phase '{result.phase}'")
     ax.legend()
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def write_result(run_dir: Path, result: LrFindResult, **extra: str) -> None:
