@@ -405,6 +405,17 @@ def export(run_dir: Path, fmt: str, output: Path | None, opset: int | None, half
                f"model.json).")
 
 
+def _image_files(paths: tuple[Path, ...]) -> list[Path]:
+    """The images in ``paths`` (files or folders), or one clear error when there are none."""
+    from .deploy.predict import collect_images
+
+    files = collect_images(paths)
+    if not files:
+        raise UserError(f"No image files in {', '.join(map(str, paths))} "
+                        f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
+    return files
+
+
 @main.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
@@ -423,14 +434,11 @@ def predict(model: Path, images: tuple[Path, ...], top_k: int, as_json: bool, ba
     Images are prepared exactly as evaluation prepares them (EXIF orientation included).
     Files that cannot be decoded are reported on stderr and skipped.
     """
-    from .deploy.predict import collect_images, load, predict_files
+    from .deploy.predict import load, predict_files
 
     _setup_logging(verbose=False)
     predictor = load(model)
-    files = collect_images(images)
-    if not files:
-        raise UserError(f"No image files in {', '.join(map(str, images))} "
-                        f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
+    files = _image_files(images)
     results, failed = [], 0
     for path, preds, reason in predict_files(predictor, files, top_k=top_k, batch_size=batch_size,
                                              tta=tta):
@@ -463,14 +471,10 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
     top-3 labels, Grad-CAM on the backbone's last stage and occlusion sensitivity, drawn
     on the image as the model saw it, with how much covering each map's most salient
     region lowers the probability against covering random regions (docs/explain.md)."""
-    from .deploy.predict import collect_images
     from .evaluation.explain import EXPLAIN_DIRNAME, EXPLAIN_JSON, explain_run
 
     _setup_logging(verbose=False)
-    files = collect_images(images)
-    if not files:
-        raise UserError(f"No image files in {', '.join(map(str, images))} "
-                        f"(looked for .jpg, .png, .bmp, .gif, .tif, .webp).")
+    files = _image_files(images)
     result = explain_run(run_dir, files, output=output, target=target,
                          methods=[m.strip() for m in methods.split(",") if m.strip()])
     out_dir = Path(output) if output is not None else run_dir / EXPLAIN_DIRNAME

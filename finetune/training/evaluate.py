@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
-
 from ..data import DataSplits, FinetuneDataModule, discover, resolve_data
-from ..data.transforms import prepare_batch
-from ..deploy.tta import tta_probabilities, tta_views
+from ..deploy.tta import tta_views
 from ..evaluation import classification_metrics
-from ..models import Backbone
 from ..run_folder import RunError, load_run_model
 from .features import predict_probs
 from .trainer import eval_batch_size_for, num_workers, select_device
@@ -33,13 +27,10 @@ def evaluate_run(run_dir: Path, data: str | None = None, *, tta: bool = False,
                             eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
                             num_workers=num_workers(cfg))
     dm.setup("test")
-    loader = dm.eval_dataloader("test")
     views = tta_views(hflip=cfg.hflip) if tta else None
-    if views:
-        probs, labels = _tta_probs(model, loader, views, device=device, progress=progress)
-    else:
-        probs, labels = predict_probs(model, loader, device=device, desc="evaluate",
-                                      progress=progress)
+    probs, labels = predict_probs(model, dm.eval_dataloader("test"), device=device,
+                                  desc="evaluate (tta)" if tta else "evaluate",
+                                  progress=progress, views=views)
     metrics = classification_metrics(labels.numpy(), probs.numpy(), splits.classes)
     metrics["num_samples"] = int(len(labels))
     metrics["skipped_files"] = list(splits.skipped)
@@ -47,19 +38,6 @@ def evaluate_run(run_dir: Path, data: str | None = None, *, tta: bool = False,
     if views:
         metrics["tta"] = {"views": views}
     return metrics
-
-
-def _tta_probs(model: Backbone, loader: DataLoader, views: list[str], *, device: torch.device,
-               progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Probabilities (N, C) averaged over ``views``, and labels (N,), in loader order."""
-    model.eval().to(device)
-    probs, labels = [], []
-    for x, y in tqdm(loader, desc="evaluate (tta)", unit="batch", disable=not progress,
-                     leave=False):
-        x = prepare_batch(x.to(device, non_blocking=True), model.pretrained_cfg)
-        probs.append(tta_probabilities(model, x, views).cpu())
-        labels.append(torch.as_tensor(y))
-    return torch.cat(probs), torch.cat(labels).long()
 
 
 def _relabelled(data: str, splits: DataSplits, *, seed: int) -> DataSplits:

@@ -7,13 +7,14 @@ mode, and without augmentation its pooled output for an image is always the same
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..data.transforms import prepare_batch
+from ..deploy.tta import tta_probabilities
 from ..models import Backbone
 from .output import interactive
 
@@ -81,8 +82,10 @@ def predict_probs(
     device: torch.device,
     desc: str = "predict",
     progress: bool = True,
+    views: Sequence[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities (N, C) and labels (N,) of ``module`` over ``loader``."""
+    """Softmax probabilities (N, C) and labels (N,) of ``module`` over ``loader``; with
+    ``views``, averaged over those test-time views (finetune/deploy/tta.py)."""
     was_training = module.training
     module.eval()
     module.to(device)
@@ -91,8 +94,10 @@ def predict_probs(
         x = x.to(device, non_blocking=True)
         if isinstance(module, Backbone) and x.ndim == 4:
             x = prepare_batch(x, module.pretrained_cfg)  # a FinetuneModule does this itself
-        logits = module(x).float()
-        probs.append(torch.softmax(logits, dim=1).cpu())
+        if views:
+            probs.append(tta_probabilities(module, x, views).cpu())
+        else:
+            probs.append(torch.softmax(module(x).float(), dim=1).cpu())
         labels.append(torch.as_tensor(y))
     module.train(was_training)
     return torch.cat(probs), torch.cat(labels).long()

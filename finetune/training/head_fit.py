@@ -178,9 +178,11 @@ def _minimise(w, b, train_std: Chunks, *, l2: float, class_weights, weight_sum: 
 
 
 @contextlib.contextmanager
-def _threads(n: int):
+def _threads(macs: int):
+    """One thread for a fit of ``macs`` multiply-adds per pass up to SINGLE_THREAD_MACS,
+    torch's own count above it; the count before, afterwards."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(1 if macs <= SINGLE_THREAD_MACS else before)
     try:
         yield
     finally:
@@ -217,8 +219,7 @@ def fit_logistic_head(
         log.warning("No validation split to choose the regularisation on: --head-fit lbfgs "
                     "uses C=%g.", FALLBACK_C)
     Cs = sorted(float(c) for c in Cs) if val_chunks is not None else [FALLBACK_C]
-    threads = 1 if n * d * num_classes <= SINGLE_THREAD_MACS else torch.get_num_threads()
-    with _threads(threads):
+    with _threads(n * d * num_classes):
         fit = _fit(train_chunks, val_chunks, n=n, d=d, num_classes=num_classes, Cs=Cs,
                    class_weights=class_weights, label_smoothing=label_smoothing,
                    max_iter=max_iter, in_memory_bytes=in_memory_bytes)
@@ -260,8 +261,7 @@ def refit_logistic_head(
     def both() -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         return itertools.chain(train_chunks(), val_chunks())
 
-    threads = 1 if n * d * num_classes <= SINGLE_THREAD_MACS else torch.get_num_threads()
-    with _threads(threads):
+    with _threads(n * d * num_classes):
         fit = _fit(both, None, n=n, d=d, num_classes=num_classes, Cs=[selection.C],
                    class_weights=class_weights, label_smoothing=label_smoothing,
                    max_iter=max_iter, in_memory_bytes=in_memory_bytes,

@@ -468,10 +468,8 @@ def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progres
     chosen = fit.best_row()
     # A later phase chooses its checkpoint on val: only the run's last phase may learn from it.
     if has_val and prep.cfg.head_refit and phase is prep.phases[-1]:
-        probs, labels = predict_probs(module, DataLoader(features["val"], batch_size=1024),
-                                      device=prep.device, desc="evaluate val", progress=False)
-        m = classification_metrics(labels.numpy(), probs.numpy(), prep.splits.classes)
-        state.selection_val = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
+        state.selection_val, _ = _scores(prep, module, DataLoader(features["val"], batch_size=1024),
+                                         "val", progress=False)
         fit = refit_logistic_head(fit, features["train"], features["val"], **fit_args)
         fit.apply_to(classifier)
         state.images_trained += len(features["val"])
@@ -537,15 +535,22 @@ def _evaluate(prep: Prepared, state: Progress, *, progress: bool) -> dict:
             loader = DataLoader(state.features[split], batch_size=1024)
         else:
             loader = state.datamodule.eval_dataloader(split)
-        probs, labels = predict_probs(state.module, loader, device=prep.device,
-                                      desc=f"evaluate {split}", progress=progress)
-        m = classification_metrics(labels.numpy(), probs.numpy(), prep.splits.classes)
+        out[split], probs = _scores(prep, state.module, loader, split, progress=progress)
         if split == "test":
             state.test_probs = probs
-        if split == "val":
-            m = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
-        out[split] = m
     return out
+
+
+def _scores(prep: Prepared, module: FinetuneModule, loader: DataLoader, split: str, *,
+            progress: bool) -> tuple[dict, torch.Tensor]:
+    """``module``'s metrics on ``loader`` (val: the summary metrics.json keeps; test: all of
+    them) and its probabilities."""
+    probs, labels = predict_probs(module, loader, device=prep.device, desc=f"evaluate {split}",
+                                  progress=progress)
+    m = classification_metrics(labels.numpy(), probs.numpy(), prep.splits.classes)
+    if split == "val":
+        m = {k: m[k] for k in ("accuracy", "macro_f1", "loss", "num_samples")}
+    return m, probs
 
 
 def _run_facts(prep: Prepared, state: Progress, train_time: float) -> dict:
