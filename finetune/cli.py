@@ -470,8 +470,10 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
     """Why RUN_DIR's model predicts what it does on IMAGES (files or folders): per image the
     top-3 labels, Grad-CAM on the backbone's last stage and occlusion sensitivity, drawn
     on the image as the model saw it, with how much covering each map's most salient
-    region lowers the probability against covering random regions (docs/explain.md)."""
-    from .evaluation.explain import EXPLAIN_DIRNAME, EXPLAIN_JSON, explain_run
+    region lowers the probability against covering random regions (docs/explain.md).
+    A flat map (a saturated prediction's occlusion map) has no salient region: it is
+    named, and left out of that comparison."""
+    from .evaluation.explain import EXPLAIN_DIRNAME, EXPLAIN_JSON, explain_run, format_drop
 
     _setup_logging(verbose=False)
     files = _image_files(images)
@@ -481,14 +483,34 @@ def explain(run_dir: Path, images: tuple[Path, ...], output: Path | None, target
     for item in result["images"]:
         top = ", ".join(f"{p['label']} {p['probability']:.4f}" for p in item["top3"])
         click.echo(f"{item['path']}: {top} -> {out_dir / item['files']['figure']}")
+        for method, check in item["faithfulness"].items():
+            if check["flat"]:
+                covered_p = item["target_probability"] - check["random_drop"]
+                click.echo(f"  {_flat_map_line(method, covered_p)}")
     for item in result["skipped"]:
         click.echo(f"Skipped {item['path']}: {item['reason']}", err=True)
     for method, drops in result["faithfulness"]["mean"].items():
+        if not drops["images"]:
+            click.echo(f"{method}: the map is flat on every image; the faithfulness check does not apply")
+            continue
+        flat = (f"; {drops['flat_images']} of {drops['images'] + drops['flat_images']} images with a "
+                f"flat map left out" if drops["flat_images"] else "")
         click.echo(f"{method}: covering the most salient window lowers p by "
-                   f"{drops['salient_drop']:.3f} (log-odds by {drops['salient_logodds_drop']:.2f}) on "
-                   f"average, a random one by {drops['random_drop']:.3f} "
-                   f"({drops['random_logodds_drop']:.2f})")
+                   f"{format_drop(drops['salient_drop'])} (log-odds by "
+                   f"{format_drop(drops['salient_logodds_drop'], 2)}) on average, a random one by "
+                   f"{format_drop(drops['random_drop'])} ({format_drop(drops['random_logodds_drop'], 2)})"
+                   f"{flat}")
     click.echo(f"Wrote {out_dir / EXPLAIN_JSON}")
+
+
+def _flat_map_line(method: str, covered_p: float) -> str:
+    """What a flat map means, in words: no window stands out, so there is no salient one to
+    test. ``covered_p``: the target's probability with a window covered (any window alike)."""
+    if method == "occlusion":
+        return (f"the occlusion map is flat: covering any window leaves p at {covered_p:.3f}; "
+                f"the faithfulness check does not apply")
+    return (f"the {method} map is flat: no region holds more of the evidence than another; "
+            f"the faithfulness check does not apply")
 
 
 @main.command()

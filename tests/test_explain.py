@@ -20,7 +20,14 @@ from PIL import Image
 from finetune.config import RunConfig
 from finetune.data import load_splits
 from finetune.deploy.predict import load
-from finetune.evaluation.explain import Explainer, feature_stage, gradcam_maps, occlusion_geometry
+from finetune.evaluation.explain import (
+    Explainer,
+    feature_stage,
+    format_drop,
+    gradcam_maps,
+    is_flat,
+    occlusion_geometry,
+)
 from finetune.evaluation.gallery import TestPredictions as Predictions
 from finetune.evaluation.gallery import top_losses, top_losses_gallery
 from finetune.models import create_backbone
@@ -31,6 +38,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _test_images(run_dir, n):
     return [path for path, _ in load_splits(run_dir / "splits.json").test[:n]]
+
+
+def _saturate(model, label):
+    """``model`` with 1000 added to ``label``'s logit: p(label) = 1.0 in float32 on any
+    image, covered or not (float32's softmax saturates at a margin of about 17)."""
+    with torch.no_grad():
+        model.get_classifier().bias[label] += 1000.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def saturated_run(linear_run, tmp_path_factory):
+    """``linear_run``'s folder with a model that predicts its first class with p = 1.000
+    on every image: the head's weights as trained, that class's bias raised by 1000."""
+    run_dir = shutil.copytree(linear_run.run_dir, tmp_path_factory.mktemp("saturated") / "run")
+    model, _, _ = load_run_model(run_dir)
+    torch.save(_saturate(model, 0).state_dict(), run_dir / "checkpoints" / "best.ckpt")
+    return run_dir
 
 
 # --------------------------------------------------------------------------- the command
@@ -56,7 +81,63 @@ def test_cli_writes_a_figure_and_json_per_image(cli, linear_run, tmp_path):
             assert figure.format == "PNG" and figure.width > 600  # three panels side by side
         for method in ("gradcam", "occlusion"):
             assert set(item["faithfulness"][method]) == {
-                "salient_drop", "random_drop", "salient_logodds_drop", "random_logodds_drop"}
+                "flat", "salient_drop", "random_drop", "salient_logodds_drop", "random_logodds_drop"}
+            assert item["faithfulness"][method]["flat"] is False  # p below 1: every map varies
+    for method in ("gradcam", "occlusion"):
+        mean = report["faithfulness"]["mean"][method]
+        assert (mean["images"], mean["flat_images"]) == (2, 0)
+        assert mean["salient_drop"] == pytest.approx(
+            np.mean([item["faithfulness"][method]["salient_drop"] for item in report["images"]]))
+        assert f"{method}: covering the most salient window lowers p by " in result.output
+    assert "flat" not in result.output and not re.search(r"-0\.0+(?![0-9])", result.output)
+
+
+def test_cli_names_a_flat_map_instead_of_quoting_its_drop(cli, saturated_run, linear_run, tmp_path):
+    """A saturated prediction (p = 1.000) leaves the occlusion map at 0 everywhere: its
+    "most salient" window is an arbitrary corner, so the CLI says the check does not
+    apply, explain.json marks the map flat and leaves it out of the mean. Grad-CAM reads
+    the logit's gradient, which saturation does not flatten: its check still applies."""
+    images = _test_images(saturated_run, 2)
+    result = cli("explain", saturated_run, *images, "--output", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((tmp_path / "out" / "explain.json").read_text())
+    first = load_splits(saturated_run / "splits.json").classes[0]
+    for item in report["images"]:
+        assert item["target"] == first and item["target_probability"] == 1.0
+        assert item["faithfulness"]["occlusion"]["flat"] is True
+        assert item["faithfulness"]["gradcam"]["flat"] is False
+    assert report["faithfulness"]["mean"]["occlusion"] == {
+        "salient_drop": None, "random_drop": None, "salient_logodds_drop": None,
+        "random_logodds_drop": None, "images": 0, "flat_images": 2}
+    assert report["faithfulness"]["mean"]["gradcam"]["images"] == 2
+
+    flat_line = ("  the occlusion map is flat: covering any window leaves p at 1.000; "
+                 "the faithfulness check does not apply")
+    assert result.output.splitlines().count(flat_line) == 2  # one per image
+    assert "occlusion: the map is flat on every image; the faithfulness check does not apply" \
+        in result.output
+    assert "occlusion: covering the most salient window" not in result.output
+    assert "gradcam: covering the most salient window lowers p by 0.000 (log-odds by " in result.output
+    assert not re.search(r"-0\.0+(?![0-9])", result.output)  # no negative zero
+
+
+def test_a_flat_map_is_one_whose_values_span_a_millionth_of_its_scale():
+    """Occlusion values are probability drops (scale 1); Grad-CAM's units are arbitrary,
+    so its spread is measured against its own largest value."""
+    assert is_flat(np.zeros((4, 4)), "occlusion") and is_flat(np.zeros((4, 4)), "gradcam")
+    assert is_flat(np.full((4, 4), 5e-7) * np.eye(4), "occlusion")  # spread 5e-7: rounding
+    assert not is_flat(np.full((4, 4), 2e-6) * np.eye(4), "occlusion")
+    assert is_flat(np.full((4, 4), 3.0), "gradcam")
+    assert not is_flat(1e-9 * np.eye(4), "gradcam")  # tiny, but all of it in one place
+    assert not is_flat(1e-3 * np.eye(4), "occlusion")
+
+
+def test_drops_that_round_to_zero_read_0_000():
+    assert format_drop(-4e-7) == "0.000" and format_drop(-4e-4) == "0.000"
+    assert format_drop(-4e-7, sign=True) == "0.000" and format_drop(2e-4, 2, sign=True) == "0.00"
+    assert format_drop(-0.02) == "-0.020" and format_drop(0.0123) == "0.012"
+    assert format_drop(-1.126, 2) == "-1.13" and format_drop(0.05, 2, sign=True) == "+0.05"
 
 
 def test_cli_target_and_methods(cli, linear_run, tmp_path):
@@ -124,6 +205,19 @@ def test_maps_are_faithful_on_real_test_images(linear_run):
     for method, rows in drops.items():
         salient, random, salient_logodds, random_logodds = np.mean(rows, axis=0)
         assert salient > random and salient_logodds > random_logodds, (method, rows)
+
+
+def test_a_saturated_prediction_flattens_the_occlusion_map_only(linear_run):
+    """At p = 1.0 in float32 no cover moves p: every occlusion value is exactly 0, a map
+    with no salient window. Grad-CAM follows the logit's gradient and keeps its shape."""
+    model, cfg, _ = load_run_model(linear_run.run_dir)
+    explainer = Explainer(_saturate(model, 2), cfg.image_size)
+    explanation = explainer.explain(explainer.load(_test_images(linear_run.run_dir, 1)[0]))
+    assert explanation.target == 2 and explanation.probs[2] == 1.0
+    assert not explanation.maps["occlusion"].any()
+    assert explanation.faithfulness["occlusion"]["flat"] is True
+    assert explanation.faithfulness["gradcam"]["flat"] is False
+    assert np.ptp(explanation.maps["gradcam"]) > 0
 
 
 # --------------------------------------------------------------------------- top losses

@@ -18,7 +18,8 @@ run's resize and centre crop, the evaluation pipeline):
 
 ``faithfulness`` checks a map against the model: covering the map's most salient window
 (the occlusion window's size) with the same mean-colour patch must lower the target's
-probability more than covering windows of that size at random places.
+probability more than covering windows of that size at random places. The check needs a
+window that stands out; on a flat map (``is_flat``) it does not apply.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ EXPLAIN_JSON = "explain.json"
 TOP_K = 3
 # Random windows per image that the most salient window is compared with.
 RANDOM_DRAWS = 8
+# A map whose values span at most this share of its scale is flat (is_flat): float32
+# probabilities near 1 move in steps of 6e-8, so a spread of 1e-6 is rounding, not evidence.
+FLAT_TOLERANCE = 1e-6
 
 
 # --------------------------------------------------------------------------- the model
@@ -125,6 +129,28 @@ def occlusion_maps(tapped: _Tapped, x: torch.Tensor, target: torch.Tensor) -> to
     return attr[:, 0].float()  # every channel carries the same value
 
 
+def is_flat(saliency: torch.Tensor | np.ndarray, method: str) -> bool:
+    """Whether no part of ``saliency`` stands out: max - min <= ``FLAT_TOLERANCE`` x scale.
+
+    The scale is 1 for occlusion, whose values are drops of a probability, and the map's
+    largest absolute value for Grad-CAM, whose units are arbitrary (an all-zero map is
+    flat). A saturated prediction gives a flat occlusion map: at p = 1.000 in float32 no
+    cover moves p, every value is 0, and the "most salient" window would be the top-left
+    corner, the first index of an argmax over equal sums.
+    """
+    values = torch.as_tensor(saliency).double()
+    spread = float(values.max() - values.min())
+    scale = 1.0 if method == "occlusion" else float(values.abs().max())
+    return spread <= FLAT_TOLERANCE * scale
+
+
+def format_drop(value: float, digits: int = 3, *, sign: bool = False) -> str:
+    """``value`` with ``digits`` decimals (and its sign with ``sign``); one that rounds to
+    zero reads ``0.000``, never ``-0.000``, which would claim a direction it does not have."""
+    text = f"{value:{'+' if sign else ''}.{digits}f}"
+    return text if float(text) != 0 else f"{0.0:.{digits}f}"
+
+
 def _most_salient_window(saliency: torch.Tensor, window: int) -> tuple[int, int]:
     """Top-left corner of the ``window`` x ``window`` square with the largest summed saliency."""
     sums = F.avg_pool2d(saliency[None, None].double(), window, stride=1)[0, 0]
@@ -172,7 +198,9 @@ class Explanation:
     probs: np.ndarray  # (C,)
     target: int
     maps: dict[str, np.ndarray]  # method -> (S, S)
-    faithfulness: dict[str, dict]  # method -> {"salient_drop", "random_drop"}
+    # method -> {"flat", "salient_drop", "random_drop", "salient_logodds_drop",
+    # "random_logodds_drop"}; a flat map's salient window is arbitrary, its drops no check
+    faithfulness: dict[str, dict]
 
 
 class Explainer:
@@ -216,14 +244,16 @@ class Explainer:
     def explain(self, x: torch.Tensor, *, target: int | None = None,
                 methods: Sequence[str] = METHODS, check: bool = True, seed: int = 0) -> Explanation:
         """Maps of one (3, S, S) image for ``target`` (default: the predicted class) and,
-        with ``check``, their faithfulness figures (``seed`` places the random windows)."""
+        with ``check``, their faithfulness figures (``seed`` places the random windows),
+        each with ``"flat"``: whether the map is flat (``is_flat``), and the check moot."""
         x = x.to(self.device)
         probs = self.probabilities(x[None])[0]
         target = int(np.argmax(probs)) if target is None else int(target)
         t = torch.tensor([target], device=self.device)
         compute = {"gradcam": gradcam_maps, "occlusion": occlusion_maps}
         maps = {m: compute[m](self.tapped, x[None], t)[0] for m in methods}
-        checks = ({m: faithfulness(self.tapped, x, target, saliency, seed=seed)
+        checks = ({m: {"flat": is_flat(saliency, m),
+                       **faithfulness(self.tapped, x, target, saliency, seed=seed)}
                    for m, saliency in maps.items()}
                   if check else {})
         return Explanation(self.seen(x), probs, target, {m: v.cpu().numpy() for m, v in maps.items()},
@@ -262,10 +292,15 @@ def explanation_figure(explanation: Explanation, classes: Sequence[str], name: s
         draw_map(ax, explanation.image, saliency, method)
         drops = explanation.faithfulness.get(method)
         # The change when covered: negative is a drop.
-        note = (f"\ncover top window: p {-drops['salient_drop']:+.3f}, "
-                f"log-odds {-drops['salient_logodds_drop']:+.2f}"
-                f"\na random one: p {-drops['random_drop']:+.3f}, "
-                f"log-odds {-drops['random_logodds_drop']:+.2f}" if drops else "")
+        if not drops:
+            note = ""
+        elif drops["flat"]:
+            note = "\nflat: no window stands out, no check"
+        else:
+            note = (f"\ncover top window: p {format_drop(-drops['salient_drop'], sign=True)}, "
+                    f"log-odds {format_drop(-drops['salient_logodds_drop'], 2, sign=True)}"
+                    f"\na random one: p {format_drop(-drops['random_drop'], sign=True)}, "
+                    f"log-odds {format_drop(-drops['random_logodds_drop'], 2, sign=True)}")
         ax.set_title(f"{_TITLES[method]}{note}", fontsize=9)
     top = np.argsort(-explanation.probs, kind="stable")[:TOP_K]
     prediction = ", ".join(f"{classes[i]} {explanation.probs[i]:.2f}" for i in top)
@@ -303,9 +338,17 @@ def _figure_name(path: Path, taken: set[str]) -> str:
 
 
 def _mean_drops(images: Sequence[Mapping], methods: Sequence[str]) -> dict:
+    """Per method, each drop's mean over the images whose map is not flat (``images``
+    of them; ``flat_images`` the rest): a flat map's salient window is an arbitrary one.
+    The drops are null when every map is flat."""
     keys = ("salient_drop", "random_drop", "salient_logodds_drop", "random_logodds_drop")
-    return {m: {key: float(np.mean([im["faithfulness"][m][key] for im in images])) for key in keys}
-            for m in methods}
+    means = {}
+    for m in methods:
+        checked = [im["faithfulness"][m] for im in images if not im["faithfulness"][m]["flat"]]
+        means[m] = {**{key: float(np.mean([c[key] for c in checked])) if checked else None
+                       for key in keys},
+                    "images": len(checked), "flat_images": len(images) - len(checked)}
+    return means
 
 
 def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Path | None = None,
@@ -364,6 +407,7 @@ def explain_run(run_dir: str | Path, files: Sequence[Path], *, output: str | Pat
     return result
 
 
-__all__ = ["EXPLAIN_DIRNAME", "EXPLAIN_JSON", "METHODS", "Explainer", "Explanation", "check_methods", "draw_map",
-           "explain_run", "explanation_figure", "faithfulness", "feature_stage", "gradcam_maps",
-           "occlusion_geometry", "occlusion_maps"]
+__all__ = ["EXPLAIN_DIRNAME", "EXPLAIN_JSON", "FLAT_TOLERANCE", "METHODS", "Explainer", "Explanation",
+           "check_methods", "draw_map", "explain_run", "explanation_figure", "faithfulness",
+           "feature_stage", "format_drop", "gradcam_maps", "is_flat", "occlusion_geometry",
+           "occlusion_maps"]
