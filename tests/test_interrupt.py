@@ -72,6 +72,29 @@ def _wait_for_checkpoint(child: subprocess.Popen, out: Path, timeout: float = 12
     return last
 
 
+def _run_until_checkpoint(data: Path, tmp_path: Path) -> tuple[Path, subprocess.Popen, Path]:
+    """A 20-epoch run into ``tmp_path/run``, once its first last.ckpt is written:
+    ``(out, child, last)``."""
+    out = tmp_path / "run"
+    child = _start(_command(data, out, epochs=20), tmp_path)
+    return out, child, _wait_for_checkpoint(child, out)
+
+
+def _stopped_by(signum: int, exit_code: int, data: Path,
+                tmp_path: Path) -> tuple[Path, Path, str, str]:
+    """A 20-epoch run sent ``signum`` after its first checkpoint, checked for what every
+    stop shares: ``exit_code``, the one line naming the signal, phase and epoch, and no
+    metrics.json. Returns ``(out, last, line, stderr)``."""
+    out, child, last = _run_until_checkpoint(data, tmp_path)
+    code, stderr = _interrupt(child, signum)
+    assert code == exit_code, stderr[-3000:]
+    line = _the_line(stderr)
+    name = signal.Signals(signum).name
+    assert line.startswith(f"Run interrupted by {name} in phase 'full', epoch ")
+    assert not (out / "metrics.json").exists()
+    return out, last, line, stderr
+
+
 def _interrupt(child: subprocess.Popen, signum: int) -> tuple[int, str]:
     child.send_signal(signum)
     _, stderr = child.communicate(timeout=120)
@@ -163,16 +186,9 @@ def test_a_restarted_slurm_job_resumes_its_checkpoint(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------- real signals
 @pytest.mark.slow
 def test_sigterm_stops_with_143_then_the_printed_command_resumes(two_classes, tmp_path):
-    out = tmp_path / "run"
-    child = _start(_command(two_classes, out, epochs=20), tmp_path)
-    last = _wait_for_checkpoint(child, out)
-    code, stderr = _interrupt(child, signal.SIGTERM)
-    assert code == 143, stderr[-3000:]
-    line = _the_line(stderr)
-    assert line.startswith("Run interrupted by SIGTERM in phase 'full', epoch ")
+    out, last, line, _ = _stopped_by(signal.SIGTERM, 143, two_classes, tmp_path)
     assert line.endswith(f"continue with: finetune run --recipe {out}/config.yaml --output {out} "
                          "--resume")
-    assert not (out / "metrics.json").exists()
     killed = load_checkpoint(last)
     assert killed["epoch"] < 19 and len(killed["finetune"]["history"]) == killed["epoch"] + 1
     # The printed command, one epoch further than the checkpoint.
@@ -190,25 +206,16 @@ def test_sigterm_stops_with_143_then_the_printed_command_resumes(two_classes, tm
 
 @pytest.mark.slow
 def test_ctrl_c_stops_with_130_and_keeps_the_checkpoint(two_classes, tmp_path):
-    out = tmp_path / "run"
-    child = _start(_command(two_classes, out, epochs=20), tmp_path)
-    last = _wait_for_checkpoint(child, out)
-    code, stderr = _interrupt(child, signal.SIGINT)
-    assert code == 130, stderr[-3000:]
-    line = _the_line(stderr)
-    assert line.startswith("Run interrupted by SIGINT in phase 'full', epoch ")
+    out, last, line, stderr = _stopped_by(signal.SIGINT, 130, two_classes, tmp_path)
     assert "Detected KeyboardInterrupt" not in stderr  # Lightning's exit(1) path never ran
     assert line.endswith(f"--output {out} --resume")
-    assert not (out / "metrics.json").exists()
     assert 0 <= load_checkpoint(last)["epoch"] < 19
     assert not list(out.rglob(".*.tmp"))  # no half-written checkpoint left behind
 
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once(two_classes, tmp_path):
-    out = tmp_path / "run"
-    child = _start(_command(two_classes, out, epochs=20), tmp_path)
-    last = _wait_for_checkpoint(child, out)
+    _, child, last = _run_until_checkpoint(two_classes, tmp_path)
     child.send_signal(signal.SIGINT)
     time.sleep(0.1)  # the first is waiting for the end of the batch
     code, stderr = _interrupt(child, signal.SIGINT)
