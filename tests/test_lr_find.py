@@ -12,7 +12,17 @@ import pytest
 import torch
 
 from finetune.config import ConfigError, RunConfig, resolve_config
-from finetune.training.lr_finder import MAX_LR, MIN_LR, _steepest, _SweepModule, find_lr
+from finetune.training.lr_finder import (
+    MAX_LR,
+    MIN_LR,
+    LrFindResult,
+    _steepest,
+    _SweepModule,
+    find_lr,
+    read_saved,
+    saved_lrs,
+    write_result,
+)
 from finetune.training.runner import Progress, _loaders, phase_data, prepare
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,3 +159,30 @@ def test_lr_find_trains_the_probe_at_its_default_before_sweeping_the_next_phase(
     assert surgical["note"] == "swept after training phase 'linear' at its default lr 0.01"
     assert (out / "checkpoints" / "linear" / "best.ckpt").is_file()  # the probe trained
     assert surgical["command"] in result.output
+
+
+def _result(phase: str, lr: float) -> LrFindResult:
+    return LrFindResult(phase, lr, default_lr=1e-2, min_lr=MIN_LR, max_lr=MAX_LR, found=True,
+                        reason="steepest descent", lrs=[1e-4, lr, 1e-1], losses=[2.0, 1.0, 3.0])
+
+
+def test_lr_find_json_is_read_by_one_function_for_writing_and_resuming(tmp_path):
+    """A resume reads the rates back (saved_lrs) through the reader that write_result adds
+    phases with; a phase written again replaces its entry, and a damaged file is one clear
+    error naming it."""
+    assert read_saved(tmp_path) == {"phases": []} and saved_lrs(tmp_path) == {}
+    write_result(tmp_path, _result("linear", 3e-3))
+    write_result(tmp_path, _result("full", 2e-4), note="swept after 'linear'")
+    write_result(tmp_path, _result("linear", 5e-3))
+    assert saved_lrs(tmp_path) == {"full": 2e-4, "linear": 5e-3}
+    saved = read_saved(tmp_path)
+    assert [p["phase"] for p in saved["phases"]] == ["full", "linear"]
+    assert saved["phases"][0]["note"] == "swept after 'linear'"
+    assert saved == json.loads((tmp_path / "lr_find.json").read_text())
+
+    for damaged in ('{"phases": [{"phase": "linear"}]}', '{"phases": [{"phase": "linear", '
+                    '"suggested_lr": "fast"}]}', "[1, 2]", "{not json"):
+        (tmp_path / "lr_find.json").write_text(damaged)
+        with pytest.raises(ValueError, match=r"lr_find.json' is not an lr_find.json as `--lr "
+                           r"find` writes it .*Delete it"):
+            saved_lrs(tmp_path)

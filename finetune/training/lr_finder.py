@@ -205,20 +205,37 @@ def write_result(run_dir: Path, result: LrFindResult, **extra: str) -> None:
     """``lr_find/<phase>.png``, and the phase's entry in ``lr_find.json`` (added to or
     replacing the one there), with ``extra`` fields (a note, the command to run)."""
     plot_curve(result, run_dir / LR_FIND_DIR / f"{result.phase}.png")
-    path = run_dir / LR_FIND_JSON
-    saved = json.loads(path.read_text()) if path.is_file() else {"phases": []}
+    saved = read_saved(run_dir)
     entry = {**result.to_json(), **extra}
     saved["phases"] = [p for p in saved["phases"] if p["phase"] != result.phase] + [entry]
-    atomic_write_json(path, saved)
+    atomic_write_json(run_dir / LR_FIND_JSON, saved)
+
+
+def read_saved(run_dir: Path) -> dict:
+    """What ``run_dir/lr_find.json`` holds, ``{"phases": [{"phase", "suggested_lr", ...}]}``,
+    with no phases before the first sweep: the one reader of the file, for adding a phase
+    to it and for the rates a resume trains with again. A file of another shape is an
+    error that names it, not a KeyError from inside the resume."""
+    path = run_dir / LR_FIND_JSON
+    if not path.is_file():
+        return {"phases": []}
+    try:
+        saved = json.loads(path.read_text())
+        bad = [p for p in saved["phases"]
+               if not isinstance(p["phase"], str) or not float(p["suggested_lr"]) > 0]
+        if bad:
+            raise ValueError(f"not a phase name and a positive rate: {bad[0]}")
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"'{path}' is not an lr_find.json as `--lr find` writes it "
+                         f"({type(err).__name__}: {err}). Delete it, and `--lr find` sweeps the "
+                         f"phases again.") from None
+    return saved
 
 
 def saved_lrs(run_dir: Path) -> dict[str, float]:
     """Each phase's rate found earlier in this run folder (a resume trains with it again)."""
-    path = run_dir / LR_FIND_JSON
-    if not path.is_file():
-        return {}
-    return {p["phase"]: float(p["suggested_lr"]) for p in json.loads(path.read_text())["phases"]}
+    return {p["phase"]: float(p["suggested_lr"]) for p in read_saved(run_dir)["phases"]}
 
 
 __all__ = ["LR_FIND_DIR", "LR_FIND_JSON", "MAX_LR", "MIN_LR", "LrFindResult", "find_lr",
-           "plot_curve", "saved_lrs", "write_result"]
+           "plot_curve", "read_saved", "saved_lrs", "write_result"]
