@@ -182,9 +182,11 @@ def decide(signals: dict, amount: dict, thr: Thresholds | None = None) -> Decisi
             d.reasons.append("little + similar: a new head on frozen features")
             return d
         best = signals["best_stage_name"]
+        at = f" at {signals['image_size']} px" if signals.get("image_size") else ""
         d.warnings.append(
             f"Little data far from the pretraining data: expect about {signals['probe_accuracy']:.0%} "
-            f"accuracy (the frozen penultimate features, leave-one-out; chance {signals['chance']:.0%})"
+            f"accuracy (the frozen penultimate features{at}, leave-one-out; "
+            f"chance {signals['chance']:.0%})"
             + (f"; {best}'s features probe at {signals['best_stage_accuracy']:.0%}, so the earlier "
                f"layers hold more of what this task needs" if best != signals["stages"][-1]["name"] else "")
             + ". More labelled images are the "

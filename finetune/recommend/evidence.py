@@ -34,7 +34,7 @@ def evidence(signals: dict, amount: dict, decision: Decision, plan: Plan, thr: T
            "share of sampled images that are grey (ImageNet is colour)"),
         _e("probe_accuracy", signals["probe_accuracy"],
            f"balanced leave-one-out accuracy of a linear (ridge) classifier on the frozen penultimate "
-           f"features of {signals['subsample']} images; chance {signals['chance']:.3f}; kappa "
+           f"features of {signals['subsample']} images at {signals['image_size']} px; chance {signals['chance']:.3f}; kappa "
            f"{signals['kappa']:.2f}: what a linear head can expect"),
         _e("probe_by_stage", _profile(signals["stages"], "probe_accuracy"),
            f"label information per depth: best at {signals['best_stage_name']} "
@@ -77,9 +77,10 @@ def evidence(signals: dict, amount: dict, decision: Decision, plan: Plan, thr: T
                      f"AdaBN / {thr.shift_scale:g}); the line is {decision.line:g}"
                      if signals["has_batchnorm"] else f"kappa alone; the line is {decision.line:g}")))
     if plan.estimated_minutes is not None:
-        speed = signals["speed"][str(signals["image_size"])]
+        at = plan.hyperparameters["image_size"]["value"]
+        speed = signals["speed"][str(at)]
         out.append(_e("estimated_minutes", plan.estimated_minutes,
                       f"wall time of the command below on this machine, from timed batches at "
-                      f"{signals['image_size']} px ({speed['forward_ms']:.1f} ms per image inference, "
+                      f"{at} px ({speed['forward_ms']:.1f} ms per image inference, "
                       f"{speed['train_ms']:.1f} ms a training step, {speed['load_ms']:.1f} ms decoding)"))
     return out

@@ -44,8 +44,9 @@ log = logging.getLogger("finetune")
 # With a budget, further image sizes are measured only while measuring has used less than
 # this share of it (the smallest size first).
 MEASURE_SHARE = 0.15
-# Forward-pass equivalents the signals cost per sampled image: the size probe, the hooked
-# pass, AdaBN's estimate and its pass, decoding, at each measured size.
+# Forward-pass equivalents that measuring costs per sampled image, counted at the
+# smallest size: the hooked pass, AdaBN's estimate and its pass, decoding (about 4), and
+# one bare pass at each larger size (about 3 for 224 px after 128).
 _PASSES_PER_IMAGE = 8.0
 
 
@@ -84,14 +85,12 @@ def recommend(
     default_size = model.pretrained_cfg.image_size
     amount = _amount(splits, seed=seed)
     sizes = [image_size] if image_size else candidate_sizes(default_size, amount)
-    sample, probes, speeds = _probe_sizes(model, splits, sizes, start=start, max_images=max_images,
-                                          batch_size=batch_size, budget_minutes=budget_minutes,
-                                          seed=seed)
+    signals, probes, speeds = _measure_sizes(model, splits, sizes, start=start,
+                                             max_images=max_images, batch_size=batch_size,
+                                             budget_minutes=budget_minutes, seed=seed)
     sizes = [p.image_size for p in probes]
     size, size_reason = ((image_size, None) if image_size
                          else choose_size(probes, {at: v.forward_ms for at, v in speeds.items()}))
-    signals = measure(model, sample, num_classes=len(splits.classes), image_size=size,
-                      max_images=max_images, batch_size=batch_size, seed=seed)
     signals["speed"] = {str(s): v.to_json() for s, v in speeds.items()}
     signals["probe_by_size"] = {str(p.image_size): p.probe_accuracy for p in probes}
     amount["grey_fraction"] = signals["grey_fraction"]
@@ -139,11 +138,16 @@ def recommend(
     )
 
 
-def _probe_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, start: float,
-                 max_images: int, batch_size: int, budget_minutes: float | None,
-                 seed: int) -> tuple[list, list[SizeProbe], dict[int, Speed]]:
-    """The sample, the probe and the speed at each size, smallest first; with a budget, a
-    sample it affords, and no further size once measuring has used ``MEASURE_SHARE`` of it."""
+def _measure_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, start: float,
+                   max_images: int, batch_size: int, budget_minutes: float | None,
+                   seed: int) -> tuple[dict, list[SizeProbe], dict[int, Speed]]:
+    """The depth signals at the smallest size, and the probe and the speed at each size.
+
+    The signals (the hooked pass, AdaBN's estimate and its pass) are measured once, at the
+    smallest candidate, where they cost least; their pass's penultimate features are that
+    size's probe. Each larger size costs one bare pass for its probe. With a budget, the
+    sample is what the budget affords, and no further size is measured once measuring has
+    used ``MEASURE_SHARE`` of it."""
     num_classes = len(splits.classes)
     speeds = {sizes[0]: measure_speed(model, sizes[0], batch_size=batch_size, load_ms=0.0)}
     if budget_minutes:
@@ -151,25 +155,29 @@ def _probe_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, start
                                         num_classes=num_classes)
     sample = stratified_subsample(splits.train + splits.val, max_images=max_images,
                                   num_classes=num_classes, seed=seed)
-    probes: list[SizeProbe] = []
-    for at in sizes:
-        if probes and budget_minutes and time.perf_counter() - start > MEASURE_SHARE * 60 * budget_minutes:
+    signals = measure(model, sample, num_classes=num_classes, image_size=sizes[0],
+                      max_images=max_images, batch_size=batch_size, seed=seed)
+    probes = [SizeProbe(sizes[0], signals["probe_accuracy"], signals["subsample"],
+                        signals["load_ms_per_image"])]
+    speeds[sizes[0]] = dataclasses.replace(speeds[sizes[0]], load_ms=probes[0].load_ms)
+    log.info("Signals and probe at %d px: %.3f on %d images (%.0f s so far).", sizes[0],
+             probes[0].probe_accuracy, probes[0].images, time.perf_counter() - start)
+    for at in sizes[1:]:
+        if budget_minutes and time.perf_counter() - start > MEASURE_SHARE * 60 * budget_minutes:
             log.info("Budget: %d px not measured (measuring has used %.0f%% of the budget).", at,
                      100 * MEASURE_SHARE)
             break
         probes.append(probe_at(model, sample, at, num_classes=num_classes, batch_size=batch_size))
-        load_ms = probes[-1].load_ms
-        speeds[at] = (dataclasses.replace(speeds[at], load_ms=load_ms) if at in speeds
-                      else measure_speed(model, at, batch_size=batch_size, load_ms=load_ms))
+        speeds[at] = measure_speed(model, at, batch_size=batch_size, load_ms=probes[-1].load_ms)
         log.info("Probe at %d px: %.3f on %d images (%.0f s so far).", at, probes[-1].probe_accuracy,
                  probes[-1].images, time.perf_counter() - start)
-    return sample, probes, speeds
+    return signals, probes, speeds
 
 
 def _affordable_images(max_images: int, speed: Speed, budget_minutes: float, *,
                        num_classes: int) -> int:
-    """The sample a budget affords: the signals cost about ``_PASSES_PER_IMAGE`` hooked
-    forward passes per image, and measuring gets ``MEASURE_SHARE`` of the budget; at least
+    """The sample a budget affords: measuring costs about ``_PASSES_PER_IMAGE`` forward
+    passes per image at the smallest size, and it gets ``MEASURE_SHARE`` of the budget; at least
     two images per class."""
     per_image_s = _PASSES_PER_IMAGE * speed.forward_ms / 1000
     affordable = int(MEASURE_SHARE * 60 * budget_minutes / max(per_image_s, 1e-6))

@@ -528,6 +528,7 @@ def measure(model: Backbone, probe_samples: Sequence[Sample], *, num_classes: in
     model.eval()
     sub = stratified_subsample(probe_samples, max_images=max_images, num_classes=num_classes, seed=seed)
     images = load_subsample(sub, model, image_size)
+    load_ms = 1000.0 * (time.perf_counter() - start) / len(images.labels)
     labels = images.labels
     names = [s.name for s in model.stages()]
     layers = bn_layers(model)
@@ -552,6 +553,7 @@ def measure(model: Backbone, probe_samples: Sequence[Sample], *, num_classes: in
         **_probe_signals(probes, alpha, first, labels, names=names, num_classes=num_classes, seed=seed),
         **_shift_signals(raw, after, early),
         "forward_ms_per_image": 1000.0 * first.seconds / len(labels),
+        "load_ms_per_image": load_ms,
         **_adabn_probe_signals(adapted, labels, num_classes=num_classes, penultimate=probes[-1]),
     }
     signals["seconds"] = time.perf_counter() - start
