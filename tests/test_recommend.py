@@ -6,6 +6,7 @@ import json
 import math
 import shlex
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -424,6 +425,18 @@ def test_image_size_candidates_and_choice():
     assert size == 128 and why.startswith("128 px: probe 0.945 vs 0.950 at 224 px") and "3.1x faster" in why
 
 
+def test_signals_are_measured_once_at_the_smallest_size(small_digits, lite0):
+    """Without --image-size every candidate is probed; the depth signals come from one
+    hooked pass at the smallest, whose penultimate features are that size's probe."""
+    rec = recommend(small_digits, "efficientnet_lite0", max_images=30, model=lite0)
+    sim = rec.similarity
+    assert candidate_sizes(224, rec.stats) == [64, 128, 224]
+    assert sim["image_size"] == 64 and list(sim["probe_by_size"]) == ["64", "128", "224"]
+    assert sim["probe_by_size"]["64"] == sim["probe_accuracy"] == sim["stages"][-1]["probe_accuracy"]
+    assert set(sim["speed"]) == {"64", "128", "224"} and sim["load_ms_per_image"] > 0
+    assert {row["image_size"] for row in rec.to_json()["forecast"]} == {64, 128, 224}
+
+
 def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
     sig = digits_rec.similarity
     amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,
@@ -559,6 +572,23 @@ def test_budget_stops_any_strategy_at_the_deadline(brick_cat_dir, tmp_path):
     assert m["test"]["accuracy"] is not None
     with pytest.raises(ValueError, match="budget must be a positive number of minutes"):
         RunConfig(budget=0)
+
+
+def test_budget_counts_from_the_process_start(brick_cat_dir, tmp_path):
+    """`started` (the CLI passes its process's start) is when the budget's clock began:
+    a run that started 28 s before its 30 s budget has about a second left to train."""
+    cfg = RunConfig(data=str(brick_cat_dir), output=str(tmp_path / "run"), strategy="full", epochs=50,
+                    image_size=SIZE, batch_size=8, num_workers=0, budget=0.5)
+    m = run(cfg, progress=False, started=time.monotonic() - 28).metrics
+    assert m["budget"]["stopped_at_budget"] == ["full"] and m["train_time_s"] < 10
+
+
+def test_cli_counts_its_process_start():
+    from finetune.cli import process_started
+
+    age = time.monotonic() - process_started()
+    # This process started before pytest imported torch and the tests: seconds ago, not never.
+    assert 0.5 < age < 24 * 3600
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -121,7 +122,10 @@ class Runner:
             "-q",
         ]
         before = load()
-        wall, code = timed(command, out.with_suffix(".log"))
+        # Its own feature cache: no run reuses features another run extracted.
+        shutil.rmtree(str(out) + "-cache", ignore_errors=True)
+        cache = {**os.environ, "FINETUNE_CACHE_DIR": str(out) + "-cache"}
+        wall, code = timed(command, out.with_suffix(".log"), cache)
         row = {
             "wall_s": round(wall, 1),
             "exit_code": code,

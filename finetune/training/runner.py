@@ -145,9 +145,12 @@ class Progress:
 
 # ---------------------------------------------------------------------- the run
 def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-        progress: bool = True) -> RunResult:
+        progress: bool = True, started: float | None = None) -> RunResult:
     """Train ``cfg`` into its run folder and evaluate it; ``resume`` continues the latest
-    checkpoint there, ``overwrite`` replaces an earlier run."""
+    checkpoint there, ``overwrite`` replaces an earlier run. ``started`` is the
+    ``time.monotonic()`` that ``--budget`` counts from (default: this call); the CLI passes
+    its process's start, so that starting Python and importing torch count too."""
+    started = time.monotonic() if started is None else started
     check_strategy(cfg.strategy)  # a misspelt recipe fails here, before anything is written
     check_trackers(cfg)  # so does a logger whose package is missing
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -155,7 +158,7 @@ def run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     resume, overwrite = after_requeue(run_dir, resume=resume, overwrite=overwrite)
     # A signal from here on ends the run as RunInterrupted, naming where and how to go on.
     with interruptible(run_dir):
-        prep = prepare(cfg, resume=resume, overwrite=overwrite)
+        prep = prepare(cfg, resume=resume, overwrite=overwrite, started=started)
         try:
             return _train_and_finish(prep, resume=resume, progress=progress)
         finally:
@@ -215,14 +218,16 @@ def _after_phase(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress) 
 
 
 # ---------------------------------------------------------------------- 1. prepare
-def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Prepared:
+def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool,
+            started: float | None = None) -> Prepared:
     """Lock and check the run folder, split the data, build the backbone, resolve ``auto``,
     plan the phases, and write ``config.yaml`` and ``splits.json`` (rank 0)."""
     run_dir = Path(cfg.output) if cfg.output else default_run_dir(cfg)
     # Before anything is written: a second run on the folder is refused here, at once.
     lock = lock_run_dir(run_dir) if global_rank() == 0 else None
     try:
-        return _prepare(cfg, run_dir, lock, resume=resume, overwrite=overwrite)
+        return _prepare(cfg, run_dir, lock, resume=resume, overwrite=overwrite,
+                        started=time.monotonic() if started is None else started)
     except BaseException:
         if lock is not None:
             lock.release()
@@ -230,9 +235,9 @@ def prepare(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Prepared:
 
 
 def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bool,
-             overwrite: bool) -> Prepared:
+             overwrite: bool, started: float) -> Prepared:
     rank0 = global_rank() == 0
-    deadline = time.monotonic() + 60 * cfg.budget * (1 - EVAL_RESERVE) if cfg.budget else None
+    deadline = started + 60 * cfg.budget * (1 - EVAL_RESERVE) if cfg.budget else None
     if rank0:
         check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     data_path = resolve_data(cfg.data)
@@ -456,18 +461,21 @@ def _time_left(deadline: float | None) -> float | None:
 
 def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progress) -> None:
     """``--head-fit lbfgs``: the head as a logistic regression, C chosen on val; when it
-    ends the run, refit on train + val (``head_refit``) after its val metrics are taken;
-    then best.ckpt / last.ckpt written by Lightning as a trained phase would write them."""
+    ends the run, C chosen by cross-validation over train + val instead, and the head
+    refit on train + val (``head_refit``) after its val metrics are taken; then best.ckpt /
+    last.ckpt written by Lightning as a trained phase would write them."""
     module, features, has_val = state.module, state.features, bool(prep.splits.val)
     classifier = module.model.get_classifier()
     check_linear_head(classifier)
     fit_args = dict(num_classes=len(module.classes), class_weights=prep.class_weights,
                     label_smoothing=prep.cfg.label_smoothing)
-    fit = fit_logistic_head(features["train"], features["val"] if has_val else None, **fit_args)
+    # A later phase chooses its checkpoint on val: only the run's last phase may learn from it.
+    refit = has_val and prep.cfg.head_refit and phase is prep.phases[-1]
+    fit = fit_logistic_head(features["train"], features["val"] if has_val else None,
+                            select="cv" if refit else "val", **fit_args)
     fit.apply_to(classifier)
     chosen = fit.best_row()
-    # A later phase chooses its checkpoint on val: only the run's last phase may learn from it.
-    if has_val and prep.cfg.head_refit and phase is prep.phases[-1]:
+    if refit:
         state.selection_val, _ = _scores(prep, module, DataLoader(features["val"], batch_size=1024),
                                          "val", progress=False)
         fit = refit_logistic_head(fit, features["train"], features["val"], **fit_args)
@@ -487,7 +495,7 @@ def _fit_head_lbfgs(prep: Prepared, phase: Phase, ckpt_dir: Path, state: Progres
         with within_fit(trainer):  # both files, or a signal waits for them
             for name in ("best.ckpt", "last.ckpt"):
                 trainer.save_checkpoint(ckpt_dir / name)
-    record = {"phase": phase.name, "method": "lbfgs", "C": fit.C,
+    record = {"phase": phase.name, "method": "lbfgs", "C": fit.C, "selection": fit.selection,
               "time_s": round(fit.time_s, 3), "sweep": fit.sweep}
     if fit.refit is not None:
         record["refit"] = {**fit.refit, "val_metrics": "of the fit on train alone, before the refit"}
