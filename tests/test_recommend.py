@@ -437,6 +437,37 @@ def test_signals_are_measured_once_at_the_smallest_size(small_digits, lite0):
     assert {row["image_size"] for row in rec.to_json()["forecast"]} == {64, 128, 224}
 
 
+def test_probes_at_larger_sizes_go_through_the_runs_feature_cache(small_digits, lite0, tmp_path):
+    """With `run --strategy auto`, the probe at each larger size extracts train and val as
+    the run would, into its cache: the same probe as the recommender's own pass (within
+    an image), and a linear head at that size finds both splits cached."""
+    from finetune.training.feature_cache import feature_splits
+    from finetune.training.runner import _train_val_features
+
+    cfg = RunConfig(data=str(small_digits), num_workers=0, feature_cache_dir=str(tmp_path / "cache"))
+    splits = discover(small_digits, val_fraction=0.15, test_fraction=0.15, seed=0)
+    source = _train_val_features(cfg, splits, lite0)
+    asked = []
+
+    def recording(size):
+        asked.append(size)
+        return source(size)
+
+    via_run = recommend(splits, "efficientnet_lite0", model=lite0, features=recording).similarity
+    own = recommend(splits, "efficientnet_lite0", model=lite0).similarity
+    assert asked == [128, 224]
+    n = via_run["subsample"]
+    assert n == len(splits.train) + len(splits.val) == own["subsample"]
+    for size in ("64", "128", "224"):
+        assert via_run["probe_by_size"][size] == pytest.approx(own["probe_by_size"][size], abs=1.01 / n)
+    from finetune.data import FinetuneDataModule
+
+    dm = FinetuneDataModule(splits, lite0.pretrained_cfg, image_size=224, augment="none", num_workers=0)
+    dm.setup("fit")
+    _, _, hits = feature_splits(lite0, dm, cfg, torch.device("cpu"), False, names=("train", "val"))
+    assert hits == {"train": True, "val": True}
+
+
 def test_augmentation_reason_follows_the_cell(digits_rec, lite0):
     sig = digits_rec.similarity
     amount = {**digits_rec.stats, "train_images": 5000, "val_images": 1000, "test_images": 1000,

@@ -17,8 +17,8 @@ The modules, in the order a recommendation is made:
 """
 
 from .decide import Decision, Thresholds, decide, similarity_line, similarity_score
-from .recommendation import apply_to_config, build_command, recommend, resolve_auto
+from .recommendation import FeatureSource, apply_to_config, build_command, recommend, resolve_auto
 from .result import Recommendation
 
-__all__ = ["Decision", "Recommendation", "Thresholds", "apply_to_config", "build_command", "decide",
+__all__ = ["Decision", "FeatureSource", "Recommendation", "Thresholds", "apply_to_config", "build_command", "decide",
            "recommend", "resolve_auto", "similarity_line", "similarity_score"]

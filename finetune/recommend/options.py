@@ -70,8 +70,15 @@ def probe_at(model: Backbone, samples: list[Sample], image_size: int, *, num_cla
         result = forward_pass(model, images, batch_size=batch_size, stages=False, layers=set())
     finally:
         model.train(was_training)
-    accuracy, _ = ridge_loo_accuracy(result.penultimate, images.labels, num_classes=num_classes)
-    return SizeProbe(image_size, accuracy, len(images.labels), load_ms)
+    return probe_of(image_size, result.penultimate, images.labels, num_classes=num_classes,
+                    load_ms=load_ms)
+
+
+def probe_of(image_size: int, features: np.ndarray, labels: np.ndarray, *, num_classes: int,
+             load_ms: float) -> SizeProbe:
+    """The penultimate ridge probe (leave-one-out) of ``features`` taken at ``image_size``."""
+    accuracy, _ = ridge_loo_accuracy(features, labels, num_classes=num_classes)
+    return SizeProbe(image_size, accuracy, len(labels), load_ms)
 
 
 def choose_size(probes: list[SizeProbe], forward_ms: dict[int, float] | None = None) -> tuple[int, str]:
@@ -162,4 +169,4 @@ def epochs_to_fit(seconds_at: Any, planned: int, left_s: float) -> int | None:
 
 
 __all__ = ["CHEAP_RATIO", "Option", "SizeProbe", "candidate_sizes", "choose", "choose_size",
-           "epochs_to_fit", "forecast_for", "probe_at"]
+           "epochs_to_fit", "forecast_for", "probe_at", "probe_of"]

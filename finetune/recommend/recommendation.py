@@ -16,8 +16,11 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..config import RunConfig
 from ..data import DataSplits, discover, resolve_data
@@ -34,6 +37,7 @@ from .options import (
     epochs_to_fit,
     forecast_for,
     probe_at,
+    probe_of,
 )
 from .plan import Plan, plan_hyperparameters
 from .result import Recommendation
@@ -48,6 +52,12 @@ MEASURE_SHARE = 0.15
 # smallest size: the hooked pass, AdaBN's estimate and its pass, decoding (about 4), and
 # one bare pass at each larger size (about 3 for 224 px after 128).
 _PASSES_PER_IMAGE = 8.0
+
+# The pooled penultimate features of every train and val image at an image size, and
+# their paths, in any order. `finetune run --strategy auto` passes its own cached
+# extraction (training.feature_cache), so that a head on cached features at the size
+# chosen finds train and val already extracted.
+FeatureSource = Callable[[int], tuple[np.ndarray, list[str]]]
 
 
 # --------------------------------------------------------------------------- entry points
@@ -66,6 +76,7 @@ def recommend(
     thresholds: Thresholds | None = None,
     model: Backbone | None = None,
     data_label: str | None = None,
+    features: FeatureSource | None = None,
 ) -> Recommendation:
     """Measure ``data`` with ``backbone``'s pretrained checkpoint and recommend a strategy,
     an image size and epochs, with a forecast of every option's accuracy and time here.
@@ -75,7 +86,8 @@ def recommend(
     fractions), and the probes never see the test split. ``model`` reuses an already
     built backbone with its pretrained weights (any head). ``image_size`` fixes the size;
     without it the size is chosen (``options``). ``budget_minutes`` counts this call's own
-    measuring time too.
+    measuring time too. ``features``: where the probe at each larger size takes its
+    features when the sample is all of train + val (``FeatureSource``).
     """
     start = time.perf_counter()
     thr = thresholds or Thresholds()
@@ -87,7 +99,8 @@ def recommend(
     sizes = [image_size] if image_size else candidate_sizes(default_size, amount)
     signals, probes, speeds = _measure_sizes(model, splits, sizes, start=start,
                                              max_images=max_images, batch_size=batch_size,
-                                             budget_minutes=budget_minutes, seed=seed)
+                                             budget_minutes=budget_minutes, seed=seed,
+                                             features=features)
     sizes = [p.image_size for p in probes]
     size, size_reason = ((image_size, None) if image_size
                          else choose_size(probes, {at: v.forward_ms for at, v in speeds.items()}))
@@ -140,12 +153,14 @@ def recommend(
 
 def _measure_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, start: float,
                    max_images: int, batch_size: int, budget_minutes: float | None,
-                   seed: int) -> tuple[dict, list[SizeProbe], dict[int, Speed]]:
+                   seed: int, features: FeatureSource | None
+                   ) -> tuple[dict, list[SizeProbe], dict[int, Speed]]:
     """The depth signals at the smallest size, and the probe and the speed at each size.
 
     The signals (the hooked pass, AdaBN's estimate and its pass) are measured once, at the
     smallest candidate, where they cost least; their pass's penultimate features are that
-    size's probe. Each larger size costs one bare pass for its probe. With a budget, the
+    size's probe. Each larger size costs one bare pass for its probe, through ``features``
+    when the sample is all of train + val. With a budget, the
     sample is what the budget affords, and no further size is measured once measuring has
     used ``MEASURE_SHARE`` of it."""
     num_classes = len(splits.classes)
@@ -167,11 +182,35 @@ def _measure_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, sta
             log.info("Budget: %d px not measured (measuring has used %.0f%% of the budget).", at,
                      100 * MEASURE_SHARE)
             break
-        probes.append(probe_at(model, sample, at, num_classes=num_classes, batch_size=batch_size))
-        speeds[at] = measure_speed(model, at, batch_size=batch_size, load_ms=probes[-1].load_ms)
+        if features is not None and len(sample) == len(splits.train) + len(splits.val):
+            probe, speeds[at] = _probe_from(features, sample, at, model, num_classes=num_classes,
+                                            batch_size=batch_size)
+            probes.append(probe)
+        else:
+            probes.append(probe_at(model, sample, at, num_classes=num_classes, batch_size=batch_size))
+            speeds[at] = measure_speed(model, at, batch_size=batch_size, load_ms=probes[-1].load_ms)
         log.info("Probe at %d px: %.3f on %d images (%.0f s so far).", at, probes[-1].probe_accuracy,
                  probes[-1].images, time.perf_counter() - start)
     return signals, probes, speeds
+
+
+def _probe_from(features: FeatureSource, sample: list, at: int, model: Backbone, *,
+                num_classes: int, batch_size: int) -> tuple[SizeProbe, Speed]:
+    """The probe at ``at`` on ``sample``'s rows of ``features(at)``; the decoding time per
+    image is what the extraction took beyond the timed inference."""
+    begin = time.perf_counter()
+    feats, paths = features(at)
+    per_image_ms = 1000 * (time.perf_counter() - begin) / max(1, len(paths))
+    row = {path: i for i, path in enumerate(paths)}
+    missing = [path for path, _ in sample if path not in row]
+    if missing:
+        raise ValueError(f"The feature source has no features for {len(missing)} sampled "
+                         f"image(s), e.g. {missing[0]}.")
+    x = feats[[row[path] for path, _ in sample]]
+    labels = np.asarray([label for _, label in sample])
+    speed = measure_speed(model, at, batch_size=batch_size, load_ms=0.0)
+    speed = dataclasses.replace(speed, load_ms=max(0.0, per_image_ms - speed.forward_ms))
+    return probe_of(at, x, labels, num_classes=num_classes, load_ms=speed.load_ms), speed
 
 
 def _affordable_images(max_images: int, speed: Speed, budget_minutes: float, *,
@@ -305,12 +344,13 @@ def apply_to_config(cfg: RunConfig, rec: Recommendation) -> RunConfig:
 
 
 def resolve_auto(cfg: RunConfig, splits: DataSplits, model: Backbone, run_dir: Path, *,
-                 resume: bool = False, write: bool = True,
-                 budget_minutes: float | None = None) -> tuple[RunConfig, Recommendation]:
+                 resume: bool = False, write: bool = True, budget_minutes: float | None = None,
+                 features: FeatureSource | None = None) -> tuple[RunConfig, Recommendation]:
     """``--strategy auto``: the recommendation (reused from the run folder on --resume,
     so the run continues the strategy its checkpoints were made with), applied to ``cfg``
     and saved as ``run_dir/recommendation.json``. ``budget_minutes``: what is left of the
-    run's budget, the recommender's own measuring included."""
+    run's budget, the recommender's own measuring included. ``features``: the run's own
+    extraction, for the probes at larger sizes (``recommend``)."""
     saved = Path(run_dir) / "recommendation.json"
     if resume and saved.is_file():
         rec = Recommendation.from_json(json.loads(saved.read_text()))
@@ -319,7 +359,7 @@ def resolve_auto(cfg: RunConfig, splits: DataSplits, model: Backbone, run_dir: P
         # recommend() probes train + val only: choosing a strategy is model selection.
         rec = recommend(splits, cfg.backbone, seed=cfg.seed, image_size=cfg.image_size,
                         batch_size=cfg.batch_size, model=model, data_label=cfg.data,
-                        weights=cfg.weights, budget_minutes=budget_minutes)
+                        weights=cfg.weights, budget_minutes=budget_minutes, features=features)
         log.info("Strategy auto: %s (%s data, %s to the pretraining data). %s", rec.strategy,
                  rec.cell["amount"], rec.cell["similarity"], " ".join(rec.reasons))
         if write:
@@ -327,4 +367,4 @@ def resolve_auto(cfg: RunConfig, splits: DataSplits, model: Backbone, run_dir: P
     return apply_to_config(cfg, rec), rec
 
 
-__all__ = ["apply_to_config", "build_command", "recommend", "resolve_auto"]
+__all__ = ["FeatureSource", "apply_to_config", "build_command", "recommend", "resolve_auto"]

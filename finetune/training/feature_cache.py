@@ -265,16 +265,18 @@ def cached_features(
 
 
 def feature_splits(
-    model: Backbone, dm: FinetuneDataModule, cfg: RunConfig, device: torch.device, progress: bool
+    model: Backbone, dm: FinetuneDataModule, cfg: RunConfig, device: torch.device, progress: bool,
+    names: Sequence[str] = ("train", "val", "test"),
 ) -> tuple[dict[str, Dataset], float, dict[str, bool]]:
-    """Pooled features of every split, from the disk cache (``feature_cache``) or from one
-    pass of the frozen backbone now; also which splits were cache hits."""
+    """Pooled features of the splits ``names`` (default all), from the disk cache
+    (``feature_cache``) or from one pass of the frozen backbone now; also which splits
+    were cache hits."""
     start = time.perf_counter()
     preprocess = preprocess_spec(model.pretrained_cfg, dm.image_size)
     fingerprint = backbone_fingerprint(model)  # hashed once for the three splits
     cached: dict[str, Dataset] = {}
     hits: dict[str, bool] = {}
-    for split in ("train", "val", "test"):
+    for split in names:
         samples = getattr(dm.splits, split)
         if not samples:
             cached[split] = TensorDataset(torch.zeros(0, model.num_features), torch.zeros(0, dtype=torch.long))

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from filelock import FileLock
@@ -37,7 +38,7 @@ from ..evaluation import classification_metrics, write_report
 from ..evaluation.gallery import TestPredictions
 from ..io import atomic_write_json, writing
 from ..models import Backbone, load_state_dict_file, load_weights
-from ..recommend import resolve_auto
+from ..recommend import FeatureSource, resolve_auto
 from ..run_folder import (
     CHECKPOINTS,
     CONFIG,
@@ -255,7 +256,8 @@ def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bo
         # The recommender measures the checkpoint on train + val and picks the strategy;
         # flags the user gave win. recommendation.json goes to the run folder.
         cfg, _ = resolve_auto(cfg, splits, model, run_dir, resume=resume, write=rank0,
-                              budget_minutes=_time_left(deadline) / 60 if deadline else None)
+                              budget_minutes=_time_left(deadline) / 60 if deadline else None,
+                              features=_train_val_features(cfg, splits, model))
     phases = plan(cfg, model)
     image_size = cfg.image_size or model.pretrained_cfg.image_size
     _check_image_size(model, image_size)
@@ -273,6 +275,29 @@ def _prepare(cfg: RunConfig, run_dir: Path, lock: FileLock | None, *, resume: bo
                     weights_source=weights_source, phases=phases, image_size=image_size,
                     class_weights=class_weights, device=device, rank0=rank0,
                     recommended=recommended, lock=lock, deadline=deadline)
+
+
+def _train_val_features(cfg: RunConfig, splits: DataSplits, model: Backbone) -> FeatureSource | None:
+    """For ``--strategy auto``: the recommender's probes at larger sizes extract train and
+    val through this run's feature cache, so that a head on cached features (linear,
+    lp-ft's probe) at the size chosen finds them there. CPU only: a GPU run's features
+    (bf16) are other cache entries, and the recommender's passes run on the CPU."""
+    if select_device(cfg).type != "cpu":
+        return None
+    cpu = torch.device("cpu")
+
+    def train_val(image_size: int) -> tuple[np.ndarray, list[str]]:
+        dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=image_size, augment="none",
+                                batch_size=cfg.batch_size, eval_batch_size=eval_batch_size_for(cfg.batch_size, cpu),
+                                num_workers=num_workers(cfg), seed=cfg.seed, hflip=cfg.hflip,
+                                image_cache=False)
+        dm.setup("fit")
+        feats, _, _ = feature_splits(model, dm, cfg, cpu, progress=False, names=("train", "val"))
+        arrays = [np.concatenate([f.numpy() for f, _ in feats[s].chunks()]) for s in ("train", "val")
+                  if len(feats[s])]
+        return np.concatenate(arrays), [path for path, _ in splits.train + splits.val]
+
+    return train_val
 
 
 def _splits(cfg: RunConfig, data_path: Path, splits_path: Path, *, resume: bool) -> DataSplits:
