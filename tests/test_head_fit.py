@@ -1,6 +1,7 @@
 """``--head-fit lbfgs`` (``linear``'s default): scikit-learn's logistic regression, C chosen
-on val, refit on train + val, written into the model's classifier so checkpoints and
-evaluation work unchanged."""
+by stratified k-fold cross-validation over train + val (on val with --no-head-refit), refit
+on train + val, written into the model's classifier so checkpoints and evaluation work
+unchanged."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from finetune.config import RunConfig
@@ -18,9 +20,13 @@ from finetune.run_folder import load_run_model
 from finetune.training import evaluate_run, run
 from finetune.training.feature_cache import FeatureDataset
 from finetune.training.head_fit import (
+    CV_SCORING,
+    CV_SEED,
     DEFAULT_CS,
     FALLBACK_C,
     HeadFit,
+    cv_fold_count,
+    cv_folds,
     fit_logistic_head,
     refit_logistic_head,
 )
@@ -136,6 +142,89 @@ def test_refit_learns_from_train_and_val_at_the_chosen_c():
     assert agree == 1.0
 
 
+@pytest.mark.parametrize("scoring", ["log_loss", "accuracy"])
+def test_cross_validation_chooses_logistic_regression_cvs_c(scoring):
+    """C by 5-fold CV over train + val is LogisticRegressionCV's C with the same grid, the
+    same StratifiedKFold folds and the same scoring on the same standardised features, and
+    the refit head makes its predictions."""
+    x, y = _blobs(400, seed=5, spread=0.6)
+    train, val = (x[:300], y[:300]), (x[300:], y[300:])
+    selection = fit_logistic_head(train, val, num_classes=4, select="cv", cv_scoring=scoring,
+                                  max_iter=1000)
+    fit = refit_logistic_head(selection, train, val, num_classes=4, max_iter=1000)
+    mean, std = x.mean(0), x.std(0)
+    xs = ((x - mean) / std).astype(np.float64)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=CV_SEED)
+    ref = LogisticRegressionCV(Cs=sorted(DEFAULT_CS), cv=folds, l1_ratios=(0.0,),
+                               scoring="neg_log_loss" if scoring == "log_loss" else "accuracy",
+                               tol=1e-10, max_iter=10_000, use_legacy_attributes=False).fit(xs, y)
+    # Its per-C mean fold scores, and ours: the same curve, so the same argmax.
+    theirs = ref.scores_.reshape(5, -1).mean(0)  # (Cs,)
+    ours = np.array([r["cv_loss" if scoring == "log_loss" else "cv_accuracy"] for r in selection.sweep])
+    assert [r["C"] for r in selection.sweep] == sorted(DEFAULT_CS)
+    strong = np.array(sorted(DEFAULT_CS)) <= 1.0  # converged tightly enough to compare values
+    if scoring == "log_loss":
+        np.testing.assert_allclose(ours[strong], -theirs[strong], rtol=1e-3)
+    else:
+        np.testing.assert_allclose(ours[strong], theirs[strong], atol=1 / 80 + 1e-9)
+    assert selection.C == fit.C == float(np.ravel(ref.C_)[0])
+    assert min(DEFAULT_CS) < fit.C < max(DEFAULT_CS)  # an optimum inside the grid
+    sel = fit.selection
+    assert (sel["method"], sel["folds"], sel["scoring"], sel["images"]) == ("cv", 5, scoring, 400)
+    assert sel["cv_loss"] == pytest.approx(selection.best_row()["cv_loss"])
+    # The refit learnt from all 400 at that C: LogisticRegressionCV's refit predictions.
+    np.testing.assert_allclose(_head_probs(fit, x), ref.predict_proba(xs), atol=5e-3)
+    # Val is scored by the fit on train alone at that C: it has not seen val.
+    head = nn.Linear(20, 4)
+    selection.apply_to(head)
+    with torch.no_grad():
+        val_acc = (head(torch.from_numpy(val[0])).argmax(1).numpy() == val[1]).mean()
+    assert selection.best_row()["val_accuracy"] == pytest.approx(val_acc)
+
+
+def test_fold_count_follows_the_smallest_class():
+    assert cv_fold_count(np.repeat([0, 1], [20, 20])) == 5
+    assert cv_fold_count(np.repeat([0, 1, 2], [20, 3, 7])) == 3
+    assert cv_fold_count(np.repeat([0, 1], [20, 1])) == 2  # at least two folds
+    assert cv_fold_count(np.array([0, 1, 2])) is None  # no class can be split
+    # A class absent from the labels (index 1 here) does not count as the smallest.
+    assert cv_fold_count(np.repeat([0, 2], [9, 4])) == 4
+    y = np.repeat([0, 1, 2], [20, 3, 7])
+    folds = cv_folds(y)
+    assert len(folds) == 3
+    for fit_idx, held_idx in folds:  # every held-out part holds one of the 3 images of class 1
+        assert (y[held_idx] == 1).sum() == 1 and len(np.intersect1d(fit_idx, held_idx)) == 0
+    assert sorted(np.concatenate([h for _, h in folds])) == list(range(len(y)))
+    # The head fit uses those folds.
+    x, yb = _blobs(120, seed=6)
+    yb = np.where(np.arange(120) < 3, 3, yb % 3)  # class 3: three images, all in train
+    fit = fit_logistic_head((x[:100], yb[:100]), (x[100:], yb[100:]), num_classes=4, select="cv")
+    assert fit.selection["folds"] == 3 and fit.selection["images"] == 120
+    assert all(len(row["cv_fold_loss"]) == 3 for row in fit.sweep)
+
+
+def test_cross_validation_falls_back_to_val_when_train_and_val_exceed_memory(tmp_path):
+    """Train + val too large for ``in_memory_bytes`` twice over: C is chosen on val, with
+    the features streamed, and the selection says why."""
+    x, y = _blobs(300, seed=7)
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    np.save(entry / "features.npy", x[:220])
+    np.save(entry / "labels.npy", y[:220].astype(np.int64))
+    (entry / "meta.json").write_text(json.dumps({"num_samples": 220, "num_features": 20}))
+    small = 2 * 300 * 20 * 4 - 1
+    fit = fit_logistic_head(FeatureDataset(entry), (x[220:], y[220:]), num_classes=4, select="cv",
+                            chunk_size=64, in_memory_bytes=small)
+    on_val = fit_logistic_head((x[:220], y[:220]), (x[220:], y[220:]), num_classes=4)
+    assert fit.selection["method"] == "val" and "in_memory_bytes" in fit.selection["cv_fallback"]
+    assert fit.C == on_val.C and "val_accuracy" in fit.sweep[0] and "cv_loss" not in fit.sweep[0]
+    torch.testing.assert_close(fit.weight, on_val.weight, atol=1e-3, rtol=1e-3)
+    # Every class a single image: no stratified folds exist.
+    one_each = fit_logistic_head((x[:2], np.array([0, 1])), (x[2:4], np.array([2, 3])),
+                                 num_classes=4, select="cv")
+    assert one_each.selection["method"] == "val" and "two images" in one_each.selection["cv_fallback"]
+
+
 def test_refit_needs_a_validation_split():
     x, y = _blobs(60, seed=4)
     selection = fit_logistic_head((x, y), None, num_classes=4)
@@ -177,11 +266,18 @@ def test_linear_refits_on_train_and_val_and_reports_the_selection_fits_val(refit
     assert m["head_fit"]["method"] == "lbfgs" and "refit" not in ms["head_fit"]
     assert m["head_fit"]["refit"]["images"] == sizes["train"] + sizes["val"]
     assert m["head_fit"]["refit"]["val_images"] == sizes["val"] == m["val"]["num_samples"]
-    # Val is scored before the refit: the same selection fit, the same val metrics.
-    assert m["head_fit"]["C"] == ms["head_fit"]["C"]
-    assert m["val"] == ms["val"]
-    assert m["val"]["accuracy"] == pytest.approx(m["head_fit"]["sweep"][
-        [r["C"] for r in m["head_fit"]["sweep"]].index(m["head_fit"]["C"])]["val_accuracy"])
+    # Before a refit, C comes from 5-fold cross-validation over train + val, each C's
+    # scores recorded; without one, from val.
+    chosen = m["head_fit"]["sweep"][[r["C"] for r in m["head_fit"]["sweep"]].index(m["head_fit"]["C"])]
+    sel = m["head_fit"]["selection"]
+    assert (sel["method"], sel["folds"], sel["scoring"]) == ("cv", 5, CV_SCORING)
+    assert sel["images"] == sizes["train"] + sizes["val"]
+    assert all(len(r["cv_fold_loss"]) == 5 for r in m["head_fit"]["sweep"])
+    assert sel["cv_loss"] == min(r["cv_loss"] for r in m["head_fit"]["sweep"]) == chosen["cv_loss"]
+    assert ms["head_fit"]["selection"] == {"method": "val", "images": sizes["val"]}
+    # Val is scored before the refit, by the fit on train alone at the chosen C.
+    assert m["val"]["accuracy"] == pytest.approx(chosen["val_accuracy"])
+    assert m["val"]["loss"] == pytest.approx(chosen["val_loss"], abs=1e-4)
     assert m["images_per_s"] * m["train_time_s"] == pytest.approx(sizes["train"] + sizes["val"], rel=0.01)
     # The checkpoint holds the refit head, a different one from the selection fit's.
     heads = [load_run_model(r.run_dir)[0].get_classifier().weight for r in (refit, selection)]
