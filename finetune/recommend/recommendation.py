@@ -166,7 +166,8 @@ def _measure_sizes(model: Backbone, splits: DataSplits, sizes: list[int], *, sta
     num_classes = len(splits.classes)
     speeds = {sizes[0]: measure_speed(model, sizes[0], batch_size=batch_size, load_ms=0.0)}
     if budget_minutes:
-        max_images = _affordable_images(max_images, speeds[sizes[0]], budget_minutes,
+        max_images = _affordable_images(max_images, speeds[sizes[0]],
+                                        MEASURE_SHARE * 60 * budget_minutes - (time.perf_counter() - start),
                                         num_classes=num_classes)
     sample = stratified_subsample(splits.train + splits.val, max_images=max_images,
                                   num_classes=num_classes, seed=seed)
@@ -213,13 +214,13 @@ def _probe_from(features: FeatureSource, sample: list, at: int, model: Backbone,
     return probe_of(at, x, labels, num_classes=num_classes, load_ms=speed.load_ms), speed
 
 
-def _affordable_images(max_images: int, speed: Speed, budget_minutes: float, *,
-                       num_classes: int) -> int:
-    """The sample a budget affords: measuring costs about ``_PASSES_PER_IMAGE`` forward
-    passes per image at the smallest size, and it gets ``MEASURE_SHARE`` of the budget; at least
-    two images per class."""
+def _affordable_images(max_images: int, speed: Speed, seconds: float, *, num_classes: int) -> int:
+    """The sample that ``seconds`` of measuring afford (``MEASURE_SHARE`` of the budget, less
+    what building the model and timing it took): measuring costs about
+    ``_PASSES_PER_IMAGE`` forward passes per image at the smallest size; at least two
+    images per class."""
     per_image_s = _PASSES_PER_IMAGE * speed.forward_ms / 1000
-    affordable = int(MEASURE_SHARE * 60 * budget_minutes / max(per_image_s, 1e-6))
+    affordable = int(max(0.0, seconds) / max(per_image_s, 1e-6))
     return max(2 * num_classes, min(max_images, affordable))
 
 
