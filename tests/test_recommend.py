@@ -418,6 +418,7 @@ def test_image_size_candidates_and_choice():
     assert candidate_sizes(224, {"median_width": 28, "median_height": 28}) == [64, 128, 224]
     assert candidate_sizes(224, {"median_width": 150, "median_height": 100}) == [128, 224]
     assert candidate_sizes(224, {"median_width": 640, "median_height": 480}) == [128, 224]
+    assert candidate_sizes(224, {"median_width": 640, "median_height": 480}, budget=True) == [64, 128, 224]
     probes = [SizeProbe(64, 0.90, 400, 1.0), SizeProbe(128, 0.91, 400, 1.0), SizeProbe(224, 0.95, 400, 1.0)]
     assert choose_size(probes)[0] == 224  # 4 points is far outside 1.1 points of noise
     probes[1] = SizeProbe(128, 0.945, 400, 1.0)

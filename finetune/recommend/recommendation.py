@@ -96,7 +96,7 @@ def recommend(
     model = _pretrained(backbone, weights, model)
     default_size = model.pretrained_cfg.image_size
     amount = _amount(splits, seed=seed)
-    sizes = [image_size] if image_size else candidate_sizes(default_size, amount)
+    sizes = [image_size] if image_size else candidate_sizes(default_size, amount, budget=bool(budget_minutes))
     signals, probes, speeds = _measure_sizes(model, splits, sizes, start=start,
                                              max_images=max_images, batch_size=batch_size,
                                              budget_minutes=budget_minutes, seed=seed,
