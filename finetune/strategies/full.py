@@ -28,7 +28,6 @@ FULL = register(StrategySpec(
         epoch_limits=(5, 30),  # no hundreds of epochs on tiny sets, no single pass on large ones
         lr=1e-3,
         lr_reason="new head at 1e-3; pretrained stages move 10x slower, each earlier one 0.7x again",
-        fallbacks=("partial",),
     ),
     cost=EpochCost(fixed=3.0, per_share=0.0),  # forward, and a backward twice as expensive
 ))

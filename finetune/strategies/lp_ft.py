@@ -40,7 +40,6 @@ LP_FT = register(StrategySpec(
         lr=3e-4,
         lr_reason="the head starts trained, so fine-tuning takes small steps that keep the features "
                   "(Kumar et al. 2022 fine-tune after the probe at a lower rate)",
-        fallbacks=("partial",),
         bn_policy=_bn_policy,
     ),
     cost=EpochCost(fixed=3.0, per_share=0.0),  # as full; the probe costs one feature extraction

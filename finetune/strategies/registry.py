@@ -41,9 +41,6 @@ class Planning:
     epoch_limits: tuple[int, int]  # (low, high): epochs whatever the data's size
     lr: float  # the head lr the recommender plans
     lr_reason: str
-    # Cheaper strategies to try, in order, when the budget is too small; a linear head
-    # is always the last resort.
-    fallbacks: tuple[str, ...] = ()
     # (unfreeze, signals, batch_size) -> the BatchNorm policy line, where the one that
     # `trains` gives (finetune/recommend/plan.py) leaves out what matters.
     bn_policy: Callable[[int | None, dict, int], str] | None = None

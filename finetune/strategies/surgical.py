@@ -42,7 +42,6 @@ SURGICAL = register(StrategySpec(
         epoch_limits=(5, 30),  # no hundreds of epochs on tiny sets, no single pass on large ones
         lr=1e-3,
         lr_reason="the head is trained first (probe phase); the first stages then adapt at 10x less",
-        fallbacks=("partial",),
         bn_policy=_bn_policy,
     ),
     # The gradient crosses every stage back to the first ones; weights update where they train.
