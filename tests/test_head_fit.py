@@ -277,8 +277,9 @@ def test_linear_refits_on_train_and_val_and_reports_the_selection_fits_val(refit
     scores = {r["C"]: sign * r[key] for r in m["head_fit"]["sweep"]}
     assert sel[key] == chosen[key] and sign * chosen[key] == pytest.approx(max(scores.values()))
     # Ties (to rounding: the same fold accuracies summed differ in the last bit) go to the
-    # smaller C: every smaller C scores worse.
-    assert all(v < sign * chosen[key] - 1e-9 for c, v in scores.items() if c < chosen["C"])
+    # lowest held-out loss: every tied C has a loss at least the chosen one's.
+    tied = [r for r in m["head_fit"]["sweep"] if sign * r[key] >= sign * chosen[key] - 1e-9]
+    assert all(r["cv_loss"] >= chosen["cv_loss"] for r in tied)
     assert ms["head_fit"]["selection"] == {"method": "val", "images": sizes["val"]}
     # Val is scored before the refit, by the fit on train alone at the chosen C.
     assert m["val"]["accuracy"] == pytest.approx(chosen["val_accuracy"])
