@@ -606,6 +606,15 @@ def test_budget_stops_any_strategy_at_the_deadline(brick_cat_dir, tmp_path):
         RunConfig(budget=0)
 
 
+def test_a_budget_too_short_to_measure_says_so(small_digits, lite0, digits_rec):
+    """A budget whose measuring share affords two images per class warns that the
+    forecast is a guess; one that affords the sample does not."""
+    rushed = _recommend(small_digits, lite0, budget_minutes=0.01)
+    assert rushed.similarity["subsample_per_class_median"] == 2
+    assert any("are guesses" in w for w in rushed.warnings)
+    assert not any("are guesses" in w for w in digits_rec.warnings)
+
+
 def test_budget_counts_from_the_process_start(brick_cat_dir, tmp_path):
     """`started` (the CLI passes its process's start) is when the budget's clock began:
     a run that started 28 s before its 30 s budget has about a second left to train."""

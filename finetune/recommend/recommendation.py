@@ -52,6 +52,9 @@ MEASURE_SHARE = 0.15
 # smallest size: the hooked pass, AdaBN's estimate and its pass, decoding (about 4), and
 # one bare pass at each larger size (about 3 for 224 px after 128).
 _PASSES_PER_IMAGE = 8.0
+# Below this many sampled images per class, a budget's recommendation says its probes
+# are guesses (leave-one-out on 2-4 images per class swings by a class at a time).
+MIN_PER_CLASS = 5
 
 # The pooled penultimate features of every train and val image at an image size, and
 # their paths, in any order. `finetune run --strategy auto` passes its own cached
@@ -141,7 +144,7 @@ def recommend(
         evidence=evidence(signals, amount, decision, plan, thr),
         thresholds=thr.to_json(),
         reasons=decision.reasons + why,
-        warnings=decision.warnings + _skipped_warning(signals),
+        warnings=decision.warnings + _skipped_warning(signals) + _thin_sample_warning(signals, budget_minutes),
         backbone=getattr(model, "variant", backbone),
         data=label,
         estimated_minutes=plan.estimated_minutes,
@@ -309,6 +312,17 @@ def _skipped_warning(signals: dict) -> list[str]:
     if not skipped:
         return []
     return [f"{len(skipped)} sampled image(s) could not be decoded and were skipped."]
+
+
+def _thin_sample_warning(signals: dict, budget_minutes: float | None) -> list[str]:
+    """A warning when the budget left measuring fewer than ``MIN_PER_CLASS`` images per
+    class: the probes, and every forecast built on them, are then close to guesses."""
+    per_class = signals["subsample_per_class_median"]
+    if budget_minutes is None or per_class >= MIN_PER_CLASS:
+        return []
+    return [f"The budget ({budget_minutes:.2g} min left) afforded measuring only {per_class:g} "
+            f"image(s) per class: the probes, and the forecast built on them, are guesses. A "
+            f"budget of a few minutes measures enough to choose."]
 
 
 def _median(values: list[int]) -> float:
