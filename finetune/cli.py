@@ -51,6 +51,7 @@ def process_started() -> float:
         return _IMPORTED
     return min(_IMPORTED, time.monotonic() - max(0.0, age))
 
+
 def _user_errors(fn):
     """Turn the errors a user can fix into one clear line instead of a traceback."""
 
