@@ -287,11 +287,7 @@ def _train_val_features(cfg: RunConfig, splits: DataSplits, model: Backbone) -> 
     cpu = torch.device("cpu")
 
     def train_val(image_size: int) -> tuple[np.ndarray, list[str]]:
-        dm = FinetuneDataModule(splits, model.pretrained_cfg, image_size=image_size, augment="none",
-                                batch_size=cfg.batch_size, eval_batch_size=eval_batch_size_for(cfg.batch_size, cpu),
-                                num_workers=num_workers(cfg), seed=cfg.seed, hflip=cfg.hflip,
-                                image_cache=False)
-        dm.setup("fit")
+        dm = _make_datamodule(cfg, splits, model, image_size, cpu, augment="none", image_cache=False)
         feats, _, _ = feature_splits(model, dm, cfg, cpu, progress=False, names=("train", "val"))
         arrays = [np.concatenate([f.numpy() for f, _ in feats[s].chunks()]) for s in ("train", "val")
                   if len(feats[s])]
@@ -403,16 +399,23 @@ def _at_found_lr(prep: Prepared, phase: Phase, state: Progress, *, resume: bool,
 
 
 def _datamodule(prep: Prepared, phase: Phase) -> FinetuneDataModule:
-    cfg = prep.cfg
+    # A head on cached features never reads the images again: nothing to cache.
+    return _make_datamodule(prep.cfg, prep.splits, prep.model, prep.image_size, prep.device,
+                            augment=phase.augment,
+                            image_cache=prep.cfg.image_cache and not phase.feature_cache)
+
+
+def _make_datamodule(cfg: RunConfig, splits: DataSplits, model: Backbone, image_size: int,
+                     device: torch.device, *, augment: str, image_cache: bool) -> FinetuneDataModule:
+    """The run's datamodule at ``image_size``, set up: the one construction that the
+    phases and the recommender's feature extraction share, so that both preprocess alike
+    (and meet in the feature cache)."""
     dm = FinetuneDataModule(
-        prep.splits, prep.model.pretrained_cfg, image_size=prep.image_size,
-        augment=phase.augment, batch_size=cfg.batch_size,
-        eval_batch_size=eval_batch_size_for(cfg.batch_size, prep.device),
+        splits, model.pretrained_cfg, image_size=image_size, augment=augment,
+        batch_size=cfg.batch_size, eval_batch_size=eval_batch_size_for(cfg.batch_size, device),
         num_workers=num_workers(cfg), seed=cfg.seed, hflip=cfg.hflip,
-        normalize_on_device=prep.device.type == "cuda",
-        # A head on cached features never reads the images again: nothing to cache.
-        image_cache=cfg.image_cache and not phase.feature_cache,
-        image_cache_dir=cfg.image_cache_dir,
+        normalize_on_device=device.type == "cuda",
+        image_cache=image_cache, image_cache_dir=cfg.image_cache_dir,
     )
     dm.setup("fit")
     return dm
